@@ -1,0 +1,13 @@
+"""HTTP layer: blueprints, auth, validation and the one error shape."""
+
+from __future__ import annotations
+
+from flask import Flask
+
+
+def register_blueprints(app: Flask) -> None:
+    """Imported here, inside the factory, so no module imports the app at import time."""
+    from app.api import agents, audit, health
+
+    for module in (health, agents, audit):
+        app.register_blueprint(module.bp)

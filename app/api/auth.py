@@ -1,0 +1,39 @@
+"""Bearer-key authentication for every route that is not marked public."""
+
+from __future__ import annotations
+
+from flask import Flask, current_app, g, request
+
+from app.api.errors import ApiError
+from app.services import auth
+from app.services.auth import Principal
+
+
+def _is_public() -> bool:
+    if request.endpoint is None:
+        return True  # unknown URL: let the 404/405 handler answer
+    view = current_app.view_functions.get(request.endpoint)
+    return bool(getattr(view, "openapi", {}).get("public", False)) or request.endpoint == "static"
+
+
+def _authenticate() -> None:
+    if request.method == "OPTIONS" or _is_public():
+        return
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "unauthorized", "missing bearer API key",
+                       {"hint": "send Authorization: Bearer <api key>"})
+    principal = auth.authenticate(token.strip())
+    if principal is None:
+        raise ApiError(401, "unauthorized", "invalid API key")
+    g.principal = principal
+
+
+def current_principal() -> Principal:
+    principal: Principal = g.principal
+    return principal
+
+
+def register_auth(app: Flask) -> None:
+    app.before_request(_authenticate)

@@ -1,0 +1,104 @@
+"""Request and response models: validation for the routes and schemas for /openapi.json."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+
+Maturity = Literal["STUDENT", "INTERN", "SUPERVISED", "AUTONOMOUS"]
+ProviderName = Literal["scripted", "openai", "anthropic"]
+
+
+class Strict(BaseModel):
+    """Unknown fields are a client mistake worth reporting, not silently dropping."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LlmConfig(Strict):
+    provider: ProviderName = "scripted"
+    model: StrictStr | None = Field(default=None, max_length=200)
+    credential_id: StrictStr | None = Field(default=None, max_length=36)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class AgentCreate(Strict):
+    name: StrictStr = Field(min_length=1, max_length=200)
+    maturity_level: Maturity
+    system_prompt: StrictStr | None = Field(default=None, max_length=32768)
+    llm: LlmConfig | None = None
+    confidence_score: StrictFloat | StrictInt = Field(default=0.5, ge=0, le=1)
+    auto_reply: StrictBool = False
+
+
+class AgentUpdate(Strict):
+    name: StrictStr | None = Field(default=None, min_length=1, max_length=200)
+    maturity_level: Maturity | None = None
+    system_prompt: StrictStr | None = Field(default=None, max_length=32768)
+    llm: LlmConfig | None = None
+    confidence_score: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
+    status: Literal["active", "paused"] | None = None
+    auto_reply: StrictBool | None = None
+
+
+class AgentOut(BaseModel):
+    id: str
+    name: str
+    maturity_level: Maturity
+    confidence_score: float
+    status: Literal["active", "paused"]
+    system_prompt: str | None
+    llm: dict[str, Any]
+    auto_reply: bool
+    created_at: str
+    updated_at: str
+
+
+class AgentList(BaseModel):
+    items: list[AgentOut]
+    next_cursor: str | None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    details: dict[str, Any]
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class AuditRow(BaseModel):
+    id: int
+    at: str
+    workspace_id: str
+    actor: str
+    agent_id: str | None
+    execution_id: str | None
+    action: str
+    result: Literal["ok", "denied", "error"]
+    details: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+
+class AuditList(BaseModel):
+    items: list[AuditRow]
+    next_cursor: str | None
+
+
+class AuditVerify(BaseModel):
+    ok: bool
+    checked: int
+    first_bad_id: int | None
+
+
+class Health(BaseModel):
+    status: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, dict[str, Any]]

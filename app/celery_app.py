@@ -1,0 +1,25 @@
+"""Celery bound to the Flask app, so every task runs inside an app context."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery, Task
+from flask import Flask
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Build the Celery app from celeryconfig, with the broker URL this Flask app was configured with."""
+
+    class FlaskTask(Task):  # type: ignore[misc]
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery(app.name, task_cls=FlaskTask)
+    celery_app.config_from_object("celeryconfig")
+    celery_app.conf.broker_url = app.config["BROKER_URL"]
+    celery_app.conf.update(app.config.get("CELERY", {}))
+    celery_app.set_default()
+    app.extensions["celery"] = celery_app
+    return celery_app

@@ -1,0 +1,42 @@
+"""Settings read from the environment once, with defaults that run on one machine."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
+
+
+def _int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def _float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+def from_environment() -> dict[str, Any]:
+    """Build the Flask config mapping; every key can be overridden by create_app(config=...)."""
+    return {
+        "SQLALCHEMY_DATABASE_URI": os.environ.get(
+            "DATABASE_URL", f"sqlite:///{INSTANCE_DIR / 'agent_runtime.db'}"
+        ),
+        "BROKER_URL": os.environ.get("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+        "REDIS_URL": os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+        "SECRET_KEY": os.environ.get("SECRET_KEY", "dev-secret-change-me"),
+        "CREDENTIALS_KEY": os.environ.get("CREDENTIALS_KEY", ""),
+        "RABBITMQ_MANAGEMENT_URL": os.environ.get(
+            "RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"
+        ),
+        "QUEUE_TYPE": os.environ.get("QUEUE_TYPE", "classic"),
+        "MAX_HOPS": _int("MAX_HOPS", 8),
+        "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 1024 * 1024),
+        "RATE_LIMIT_PER_MINUTE": _int("RATE_LIMIT_PER_MINUTE", 0),
+        "SSE_HEARTBEAT_S": _float("SSE_HEARTBEAT_S", 15.0),
+        "STREAM_RETENTION_S": _int("STREAM_RETENTION_S", 48 * 3600),
+        "READINESS_TIMEOUT_S": _float("READINESS_TIMEOUT_S", 2.0),
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "JSON_SORT_KEYS": False,
+    }

@@ -1,0 +1,1 @@
+"""Domain logic; routes and tasks call these, never the models directly."""

@@ -1,0 +1,120 @@
+"""Agent registry: create, read, update and soft-delete agents inside one workspace."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+
+from app.extensions import db
+from app.models import Agent
+from app.services import audit
+from app.services.auth import Principal
+from app.services.errors import NotFound, ValidationFailed
+from app.services.pagination import decode_cursor, encode_cursor
+from app.timeutil import as_utc, iso, utcnow
+
+# Called after commit with the agent id: the app wires these to declare or delete the agent's inbox queue.
+AgentHook = Callable[[str], None]
+
+
+def serialize(agent: Agent) -> dict[str, Any]:
+    return {
+        "id": agent.id,
+        "name": agent.name,
+        "maturity_level": agent.maturity_level,
+        "confidence_score": agent.confidence_score,
+        "status": agent.status,
+        "system_prompt": agent.system_prompt,
+        "llm": agent.llm or {"provider": "scripted"},
+        "auto_reply": agent.auto_reply,
+        "created_at": iso(agent.created_at),
+        "updated_at": iso(agent.updated_at),
+    }
+
+
+def get(principal: Principal, agent_id: str) -> Agent:
+    """Another workspace's agent is indistinguishable from a missing one."""
+    agent = db.session.get(Agent, agent_id)
+    if agent is None or agent.workspace_id != principal.workspace_id or agent.deleted_at is not None:
+        raise NotFound(f"agent {agent_id} not found", {"agent_id": agent_id})
+    return agent
+
+
+def create(principal: Principal, fields: dict[str, Any], *, on_created: AgentHook | None = None) -> Agent:
+    agent = Agent(workspace_id=principal.workspace_id, **fields)
+    db.session.add(agent)
+    db.session.flush()
+    audit.record(
+        workspace_id=principal.workspace_id,
+        actor=principal.actor,
+        agent_id=agent.id,
+        action="agent.created",
+        details={"name": agent.name, "maturity_level": agent.maturity_level},
+    )
+    if on_created is not None:
+        # Declared before commit: if the broker is down the agent is not created (503, nothing changed).
+        on_created(agent.id)
+    db.session.commit()
+    return agent
+
+
+def update(principal: Principal, agent_id: str, changes: dict[str, Any]) -> Agent:
+    agent = get(principal, agent_id)
+    before = {name: getattr(agent, name) for name in changes}
+    for name, value in changes.items():
+        setattr(agent, name, value)
+    agent.updated_at = utcnow()
+    changed = {name: {"from": before[name], "to": value} for name, value in changes.items() if before[name] != value}
+    audit.record(
+        workspace_id=principal.workspace_id,
+        actor=principal.actor,
+        agent_id=agent.id,
+        action="agent.updated",
+        details={"changes": changed},
+    )
+    db.session.commit()
+    return agent
+
+
+def delete(principal: Principal, agent_id: str, *, on_deleted: AgentHook | None = None) -> None:
+    """Soft delete keeps executions and audit rows pointing at a real agent."""
+    agent = get(principal, agent_id)
+    agent.deleted_at = utcnow()
+    audit.record(
+        workspace_id=principal.workspace_id,
+        actor=principal.actor,
+        agent_id=agent.id,
+        action="agent.deleted",
+        details={"name": agent.name},
+    )
+    db.session.commit()
+    if on_deleted is not None:
+        on_deleted(agent.id)
+
+
+def list_agents(principal: Principal, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first, keyset-paginated by (created_at, id)."""
+    query = select(Agent).where(Agent.workspace_id == principal.workspace_id, Agent.deleted_at.is_(None))
+    position = decode_cursor(cursor)
+    if position is not None:
+        try:
+            created = as_utc(datetime.fromisoformat(str(position.get("c", "")).replace("Z", "+00:00")))
+        except ValueError as exc:
+            raise ValidationFailed("invalid cursor", {"cursor": cursor}) from exc
+        last_id = str(position.get("i", ""))
+        query = query.where(
+            or_(Agent.created_at < created, and_(Agent.created_at == created, Agent.id < last_id))
+        )
+    rows = (
+        db.session.execute(query.order_by(Agent.created_at.desc(), Agent.id.desc()).limit(limit + 1))
+        .scalars()
+        .all()
+    )
+    next_cursor = None
+    if len(rows) > limit:
+        last = rows[limit - 1]
+        next_cursor = encode_cursor({"c": iso(last.created_at), "i": last.id})
+    return [serialize(agent) for agent in rows[:limit]], next_cursor

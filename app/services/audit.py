@@ -1,0 +1,175 @@
+"""Append-only, hash-chained audit log: rows join the caller's transaction, so a failed write fails the change."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import AuditLog, Workspace
+from app.services.pagination import decode_cursor, encode_cursor
+from app.timeutil import iso, utcnow
+
+GENESIS_HASH = "0" * 64
+RESULTS = frozenset({"ok", "denied", "error"})
+
+
+def row_digest(
+    *,
+    prev_hash: str,
+    at: datetime,
+    workspace_id: str,
+    actor: str,
+    agent_id: str | None,
+    execution_id: str | None,
+    action: str,
+    result: str,
+    details: dict[str, Any],
+) -> str:
+    """Hash every recorded field with the previous hash, so editing or removing a row breaks the chain."""
+    payload = json.dumps(
+        [prev_hash, iso(at), workspace_id, actor, agent_id, execution_id, action, result, details],
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _lock_chain_head(workspace_id: str) -> str:
+    """Serialize appends per workspace (row lock on PostgreSQL; SQLite writers are already serialized)."""
+    db.session.execute(
+        select(Workspace.id).where(Workspace.id == workspace_id).with_for_update()
+    ).scalar_one()
+    last = db.session.execute(
+        select(AuditLog.hash)
+        .where(AuditLog.workspace_id == workspace_id)
+        .order_by(AuditLog.id.desc())
+        .limit(1)
+    ).scalar_one_or_none()
+    return last or GENESIS_HASH
+
+
+def record(
+    *,
+    workspace_id: str,
+    actor: str,
+    action: str,
+    result: str = "ok",
+    agent_id: str | None = None,
+    execution_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> AuditLog:
+    """Append one row in the current transaction; the caller commits it with the change it records."""
+    if result not in RESULTS:
+        raise ValueError(f"unknown audit result {result!r}")
+    prev_hash = _lock_chain_head(workspace_id)
+    at = utcnow()
+    clean_details = json.loads(json.dumps(details or {}, default=str))
+    row = AuditLog(
+        at=at,
+        workspace_id=workspace_id,
+        actor=actor,
+        agent_id=agent_id,
+        execution_id=execution_id,
+        action=action,
+        result=result,
+        details=clean_details,
+        prev_hash=prev_hash,
+        hash=row_digest(
+            prev_hash=prev_hash,
+            at=at,
+            workspace_id=workspace_id,
+            actor=actor,
+            agent_id=agent_id,
+            execution_id=execution_id,
+            action=action,
+            result=result,
+            details=clean_details,
+        ),
+    )
+    db.session.add(row)
+    db.session.flush()
+    return row
+
+
+def serialize(row: AuditLog) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "at": iso(row.at),
+        "workspace_id": row.workspace_id,
+        "actor": row.actor,
+        "agent_id": row.agent_id,
+        "execution_id": row.execution_id,
+        "action": row.action,
+        "result": row.result,
+        "details": row.details,
+        "prev_hash": row.prev_hash,
+        "hash": row.hash,
+    }
+
+
+def list_rows(
+    *,
+    workspace_id: str,
+    agent_id: str | None = None,
+    execution_id: str | None = None,
+    action: str | None = None,
+    limit: int,
+    cursor: str | None = None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Newest first, keyset-paginated by id."""
+    query = select(AuditLog).where(AuditLog.workspace_id == workspace_id)
+    if agent_id:
+        query = query.where(AuditLog.agent_id == agent_id)
+    if execution_id:
+        query = query.where(AuditLog.execution_id == execution_id)
+    if action:
+        query = query.where(AuditLog.action == action)
+    position = decode_cursor(cursor)
+    if position is not None:
+        query = query.where(AuditLog.id < int(position.get("id", 0)))
+    rows = db.session.execute(query.order_by(AuditLog.id.desc()).limit(limit + 1)).scalars().all()
+    next_cursor = encode_cursor({"id": rows[limit - 1].id}) if len(rows) > limit else None
+    return [serialize(row) for row in rows[:limit]], next_cursor
+
+
+def verify_chain(workspace_id: str, batch_size: int = 1000) -> dict[str, Any]:
+    """Recompute every hash in order; report the first row whose hash or link does not match."""
+    expected_prev = GENESIS_HASH
+    checked = 0
+    last_id = 0
+    while True:
+        rows = (
+            db.session.execute(
+                select(AuditLog)
+                .where(AuditLog.workspace_id == workspace_id, AuditLog.id > last_id)
+                .order_by(AuditLog.id)
+                .limit(batch_size)
+            )
+            .scalars()
+            .all()
+        )
+        if not rows:
+            return {"ok": True, "checked": checked, "first_bad_id": None}
+        for row in rows:
+            digest = row_digest(
+                prev_hash=row.prev_hash,
+                at=row.at,
+                workspace_id=row.workspace_id,
+                actor=row.actor,
+                agent_id=row.agent_id,
+                execution_id=row.execution_id,
+                action=row.action,
+                result=row.result,
+                details=row.details,
+            )
+            if row.prev_hash != expected_prev or digest != row.hash:
+                return {"ok": False, "checked": checked + 1, "first_bad_id": row.id}
+            expected_prev = row.hash
+            checked += 1
+            last_id = row.id

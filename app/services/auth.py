@@ -1,0 +1,63 @@
+"""API keys: shown once at creation, stored only as a SHA-256 hash."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from app.extensions import db
+from app.models import ApiKey, Workspace
+from app.services import audit
+
+KEY_PREFIX = "ar_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the workspace a key belongs to, and an actor name for audit rows."""
+
+    workspace_id: str
+    key_id: str
+    actor: str
+
+
+def hash_key(raw_key: str) -> str:
+    return hashlib.sha256(raw_key.encode()).hexdigest()
+
+
+def get_or_create_workspace(name: str) -> Workspace:
+    workspace = db.session.execute(select(Workspace).where(Workspace.name == name)).scalar_one_or_none()
+    if workspace is None:
+        workspace = Workspace(name=name)
+        db.session.add(workspace)
+        db.session.flush()
+    return workspace
+
+
+def create_key(workspace_name: str, actor: str = "cli") -> tuple[ApiKey, str]:
+    """Create the workspace if needed and a new key for it; returns the row and the raw key."""
+    workspace = get_or_create_workspace(workspace_name)
+    raw_key = KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(workspace_id=workspace.id, key_hash=hash_key(raw_key), prefix=raw_key[:10])
+    db.session.add(key)
+    db.session.flush()
+    audit.record(
+        workspace_id=workspace.id,
+        actor=actor,
+        action="key.created",
+        details={"key_id": key.id, "prefix": key.prefix},
+    )
+    db.session.commit()
+    return key, raw_key
+
+
+def authenticate(raw_key: str) -> Principal | None:
+    key = db.session.execute(
+        select(ApiKey).where(ApiKey.key_hash == hash_key(raw_key), ApiKey.revoked_at.is_(None))
+    ).scalar_one_or_none()
+    if key is None:
+        return None
+    return Principal(workspace_id=key.workspace_id, key_id=key.id, actor=f"key:{key.prefix}")
