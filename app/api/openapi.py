@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from flask import Blueprint, Flask, current_app
 from pydantic import BaseModel
@@ -14,6 +14,7 @@ from app.api.schemas import ErrorOut
 
 bp = Blueprint("openapi", __name__)
 
+JsonMode = Literal["validation", "serialization"]
 REF = "#/components/schemas/{model}"
 PATH_PARAM = re.compile(r"<(?:[a-z]+:)?([a-zA-Z_]+)>")
 ERROR_STATUSES = {
@@ -29,9 +30,9 @@ ERROR_STATUSES = {
 }
 
 
-def _models_of(app: Flask) -> list[tuple[type[BaseModel], str]]:
+def _models_of(app: Flask) -> list[tuple[type[BaseModel], JsonMode]]:
     """Request bodies in validation mode, responses in serialization mode."""
-    models: dict[str, tuple[type[BaseModel], str]] = {ErrorOut.__name__: (ErrorOut, "serialization")}
+    models: dict[str, tuple[type[BaseModel], JsonMode]] = {ErrorOut.__name__: (ErrorOut, "serialization")}
     for view in app.view_functions.values():
         doc = getattr(view, "openapi", None)
         if not doc:
