@@ -13,6 +13,7 @@ from app.config import INSTANCE_DIR, from_environment
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_path=str(INSTANCE_DIR))
     register_config(app, config)
+    register_logging(app)
     register_extensions(app)
     register_celery(app)
     register_auth(app)
@@ -28,6 +29,12 @@ def register_config(app: Flask, config: Mapping[str, Any] | None) -> None:
     if config:
         app.config.from_mapping(config)
     INSTANCE_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def register_logging(app: Flask) -> None:
+    from app.logs import register_logging as register
+
+    register(app)
 
 
 def register_extensions(app: Flask) -> None:

@@ -7,13 +7,15 @@ from typing import Any
 from celery import Celery, Task
 from flask import Flask
 
+from app.logs import log_context
+
 
 def celery_init_app(app: Flask) -> Celery:
     """Build the Celery app from celeryconfig, with the broker URL this Flask app was configured with."""
 
     class FlaskTask(Task):  # type: ignore[misc]
         def __call__(self, *args: Any, **kwargs: Any) -> Any:
-            with app.app_context():
+            with app.app_context(), log_context(task_id=self.request.id):
                 return self.run(*args, **kwargs)
 
     celery_app = Celery(app.name, task_cls=FlaskTask)

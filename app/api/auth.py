@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, current_app, g, request
 
+from app import logs
 from app.api.errors import ApiError
 from app.services import auth
 from app.services.auth import Principal
@@ -28,6 +29,7 @@ def _authenticate() -> None:
     if principal is None:
         raise ApiError(401, "unauthorized", "invalid API key")
     g.principal = principal
+    logs.bind(workspace_id=principal.workspace_id)
 
 
 def current_principal() -> Principal:

@@ -1,0 +1,39 @@
+"""Log lines are JSON objects with the context ids, and secrets never reach them."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from app.logs import JsonFormatter, log_context, scrub
+
+
+def render(message: str, *args: object, **extra: object) -> dict[str, object]:
+    record = logging.LogRecord("t", logging.INFO, __file__, 1, message, args, None)
+    for key, value in extra.items():
+        setattr(record, key, value)
+    result: dict[str, object] = json.loads(JsonFormatter().format(record))
+    return result
+
+
+def test_context_ids_are_on_every_line() -> None:
+    with log_context(execution_id="e1", task_id="t1"):
+        line = render("step %s", "llm")
+    assert line["msg"] == "step llm"
+    assert line["execution_id"] == "e1"
+    assert line["task_id"] == "t1"
+    assert "execution_id" not in render("outside")
+
+
+def test_extra_ids_are_kept() -> None:
+    assert render("stored", message_id="m1")["message_id"] == "m1"
+
+
+def test_secrets_are_scrubbed() -> None:
+    key = "ar_" + "x" * 40
+    provider_key = "sk-" + "y" * 40
+    line = render("auth with %s and %s, header Bearer %s", key, provider_key, "z" * 30)
+    assert key not in str(line)
+    assert provider_key not in str(line)
+    assert "z" * 30 not in str(line)
+    assert scrub("nothing secret") == "nothing secret"
