@@ -14,6 +14,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_path=str(INSTANCE_DIR))
     register_config(app, config)
     register_logging(app)
+    register_metrics(app)
     register_extensions(app)
     register_celery(app)
     register_auth(app)
@@ -33,6 +34,12 @@ def register_config(app: Flask, config: Mapping[str, Any] | None) -> None:
 
 def register_logging(app: Flask) -> None:
     from app.logs import register_logging as register
+
+    register(app)
+
+
+def register_metrics(app: Flask) -> None:
+    from app.metrics import register_metrics as register
 
     register(app)
 
