@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -10,14 +9,11 @@ from sqlalchemy import and_, or_, select
 
 from app.extensions import db
 from app.models import Agent
-from app.services import audit
+from app.services import audit, inboxes
 from app.services.auth import Principal
 from app.services.errors import NotFound, ValidationFailed
 from app.services.pagination import decode_cursor, encode_cursor
 from app.timeutil import as_utc, iso, utcnow
-
-# Called after commit with the agent id: the app wires these to declare or delete the agent's inbox queue.
-AgentHook = Callable[[str], None]
 
 
 def serialize(agent: Agent) -> dict[str, Any]:
@@ -43,7 +39,7 @@ def get(principal: Principal, agent_id: str) -> Agent:
     return agent
 
 
-def create(principal: Principal, fields: dict[str, Any], *, on_created: AgentHook | None = None) -> Agent:
+def create(principal: Principal, fields: dict[str, Any]) -> Agent:
     agent = Agent(workspace_id=principal.workspace_id, **fields)
     db.session.add(agent)
     db.session.flush()
@@ -54,9 +50,7 @@ def create(principal: Principal, fields: dict[str, Any], *, on_created: AgentHoo
         action="agent.created",
         details={"name": agent.name, "maturity_level": agent.maturity_level},
     )
-    if on_created is not None:
-        # Declared before commit: if the broker is down the agent is not created (503, nothing changed).
-        on_created(agent.id)
+    inboxes.declare(agent.id)
     db.session.commit()
     return agent
 
@@ -79,7 +73,7 @@ def update(principal: Principal, agent_id: str, changes: dict[str, Any]) -> Agen
     return agent
 
 
-def delete(principal: Principal, agent_id: str, *, on_deleted: AgentHook | None = None) -> None:
+def delete(principal: Principal, agent_id: str) -> None:
     """Soft delete keeps executions and audit rows pointing at a real agent."""
     agent = get(principal, agent_id)
     agent.deleted_at = utcnow()
@@ -91,8 +85,7 @@ def delete(principal: Principal, agent_id: str, *, on_deleted: AgentHook | None 
         details={"name": agent.name},
     )
     db.session.commit()
-    if on_deleted is not None:
-        on_deleted(agent.id)
+    inboxes.delete(agent.id)
 
 
 def list_agents(principal: Principal, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:

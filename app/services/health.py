@@ -20,7 +20,7 @@ def _check_database() -> None:
 
 def _check_broker(url: str, timeout_s: float) -> None:
     with Connection(url, connect_timeout=timeout_s, transport_options={"max_retries": 0}) as conn:
-        conn.ensure_connection(max_retries=1, timeout=timeout_s)
+        conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
 
 
 def _check_redis(url: str, timeout_s: float) -> None:
