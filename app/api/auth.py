@@ -6,6 +6,7 @@ from flask import Flask, current_app, g, request
 
 from app import logs
 from app.api.errors import ApiError
+from app.api.validation import reject_nul_in_url
 from app.services import auth
 from app.services.auth import Principal
 
@@ -18,6 +19,7 @@ def _is_public() -> bool:
 
 
 def _authenticate() -> None:
+    reject_nul_in_url()
     if request.method == "OPTIONS" or _is_public():
         return
     header = request.headers.get("Authorization", "")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 Maturity = Literal["STUDENT", "INTERN", "SUPERVISED", "AUTONOMOUS"]
 ProviderName = Literal["scripted", "openai", "anthropic"]
@@ -28,7 +28,7 @@ class AgentCreate(Strict):
     maturity_level: Maturity
     system_prompt: StrictStr | None = Field(default=None, max_length=32768)
     llm: LlmConfig | None = None
-    confidence_score: StrictFloat | StrictInt = Field(default=0.5, ge=0, le=1)
+    confidence_score: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False)
     auto_reply: StrictBool = False
 
 
@@ -37,7 +37,7 @@ class AgentUpdate(Strict):
     maturity_level: Maturity | None = None
     system_prompt: StrictStr | None = Field(default=None, max_length=32768)
     llm: LlmConfig | None = None
-    confidence_score: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
+    confidence_score: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     status: Literal["active", "paused"] | None = None
     auto_reply: StrictBool | None = None
 

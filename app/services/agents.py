@@ -93,11 +93,13 @@ def list_agents(principal: Principal, *, limit: int, cursor: str | None) -> tupl
     query = select(Agent).where(Agent.workspace_id == principal.workspace_id, Agent.deleted_at.is_(None))
     position = decode_cursor(cursor)
     if position is not None:
+        created_raw, last_id = position.get("c"), position.get("i")
+        if not isinstance(created_raw, str) or not isinstance(last_id, str):
+            raise ValidationFailed("invalid cursor", {"cursor": cursor})
         try:
-            created = as_utc(datetime.fromisoformat(str(position.get("c", "")).replace("Z", "+00:00")))
-        except ValueError as exc:
+            created = as_utc(datetime.fromisoformat(created_raw.replace("Z", "+00:00")))
+        except (ValueError, OverflowError) as exc:
             raise ValidationFailed("invalid cursor", {"cursor": cursor}) from exc
-        last_id = str(position.get("i", ""))
         query = query.where(
             or_(Agent.created_at < created, and_(Agent.created_at == created, Agent.id < last_id))
         )

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import AuditLog, Workspace
+from app.services.errors import ValidationFailed
 from app.services.pagination import decode_cursor, encode_cursor
 from app.timeutil import iso, utcnow
 
@@ -132,7 +133,10 @@ def list_rows(
         query = query.where(AuditLog.action == action)
     position = decode_cursor(cursor)
     if position is not None:
-        query = query.where(AuditLog.id < int(position.get("id", 0)))
+        last_id = position.get("id")
+        if not isinstance(last_id, int) or isinstance(last_id, bool):
+            raise ValidationFailed("invalid cursor", {"cursor": cursor})
+        query = query.where(AuditLog.id < last_id)
     rows = db.session.execute(query.order_by(AuditLog.id.desc()).limit(limit + 1)).scalars().all()
     next_cursor = encode_cursor({"id": rows[limit - 1].id}) if len(rows) > limit else None
     return [serialize(row) for row in rows[:limit]], next_cursor

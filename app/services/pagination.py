@@ -24,10 +24,11 @@ def decode_cursor(cursor: str | None) -> dict[str, Any] | None:
         return None
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        value = json.loads(base64.urlsafe_b64decode(padded.encode()))
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+        raw = base64.urlsafe_b64decode(padded.encode()).decode()
+        value = json.loads(raw)
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ValidationFailed("invalid cursor", {"cursor": cursor}) from exc
-    if not isinstance(value, dict):
+    if not isinstance(value, dict) or "\\u0000" in raw or "\x00" in raw:
         raise ValidationFailed("invalid cursor", {"cursor": cursor})
     return value
 

@@ -1,0 +1,98 @@
+"""Request and response models of executions and credentials (validation and /openapi.json)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, field_validator
+
+from app.api.schemas import ProviderName, Strict
+
+# RabbitMQ closes a channel whose delivery stays unacked past consumer_timeout (30 min): keep well inside it.
+MAX_TIMEOUT_S = 1500
+ExecutionStatusName = Literal[
+    "pending", "awaiting_approval", "running", "completed", "failed", "cancelled", "timed_out", "denied"
+]
+
+
+class ExecuteRequest(Strict):
+    message: StrictStr = Field(min_length=1, max_length=32768)
+    stream: StrictBool = False
+    action: StrictStr = Field(default="chat", min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_.:-]*$")
+    timeout_s: StrictInt = Field(default=120, ge=1, le=MAX_TIMEOUT_S)
+    metadata: dict[str, Any] | None = None
+
+
+class ExecutionAccepted(BaseModel):
+    execution_id: str
+    agent_id: str
+    status: ExecutionStatusName
+    stream_url: str
+    created_at: str
+
+
+class ExecutionError(BaseModel):
+    code: str
+    message: str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class Step(BaseModel):
+    name: str
+    status: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class ExecutionOut(BaseModel):
+    execution_id: str
+    agent_id: str
+    status: ExecutionStatusName
+    action: str
+    message: str
+    output: str | None
+    error: ExecutionError | None
+    usage: Usage
+    attempts: int
+    steps: list[Step]
+    metadata: dict[str, Any] | None
+    timeout_s: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class ExecutionList(BaseModel):
+    items: list[ExecutionOut]
+    next_cursor: str | None
+
+
+class CancelAccepted(BaseModel):
+    execution_id: str
+    status: ExecutionStatusName
+    cancel_requested: bool
+
+
+class CredentialCreate(Strict):
+    provider: ProviderName
+    api_key: StrictStr = Field(min_length=8, max_length=4096, repr=False)
+    base_url: StrictStr | None = Field(default=None, max_length=500)
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return value
+
+
+class CredentialOut(BaseModel):
+    id: str
+    provider: ProviderName
+    last4: str
+    base_url: str | None
+    created_at: str

@@ -1,0 +1,49 @@
+"""Server-sent events framing for execution events, and where a resuming client left off."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+from flask import Response, current_app, stream_with_context
+
+from app.api.errors import ApiError
+from app.services.event_feed import open_feed
+from app.services.streams import Event
+
+HEARTBEAT = ": heartbeat\n\n"
+
+
+def format_event(event: Event) -> str:
+    """id, event and one data line of compact JSON (json.dumps never emits a raw newline)."""
+    data = json.dumps(event.data, separators=(",", ":"), ensure_ascii=False)
+    return f"id: {event.id}\nevent: {event.event}\ndata: {data}\n\n"
+
+
+def parse_after(query_after: str | None, last_event_id: str | None) -> int:
+    """`?after=N` wins over the Last-Event-ID header; both are the last id the client has; absent means 0."""
+    for source, raw in (("after", query_after), ("Last-Event-ID", last_event_id)):
+        if raw is None or raw.strip() == "":
+            continue
+        text = raw.strip()
+        if not text.isdigit() or len(text) > 18:
+            raise ApiError(422, "validation_error", f"{source} must be a non-negative integer event id",
+                           {source: raw})
+        return int(text)
+    return 0
+
+
+def event_stream(execution_id: str, after: int, headers: dict[str, str] | None = None) -> Response:
+    """200 text/event-stream: replay after `after`, follow live, heartbeat, close after the terminal event."""
+    feed = open_feed(execution_id, after, heartbeat_s=float(current_app.config["SSE_HEARTBEAT_S"]))
+
+    def generate() -> Iterator[str]:
+        for item in feed:
+            yield HEARTBEAT if item is None else format_event(item)
+
+    response = Response(stream_with_context(generate()), mimetype="text/event-stream")
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
