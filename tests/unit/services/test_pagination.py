@@ -8,9 +8,17 @@ from app.services.errors import ValidationFailed
 from app.services.pagination import decode_cursor, encode_cursor, parse_limit
 
 
-@given(st.dictionaries(st.text(max_size=5), st.one_of(st.integers(), st.text(max_size=20)), max_size=4))
+TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=20)
+
+
+@given(st.dictionaries(TEXT, st.one_of(st.integers(), TEXT), max_size=4))
 def test_cursor_round_trips(values: dict[str, object]) -> None:
     assert decode_cursor(encode_cursor(values)) == values
+
+
+def test_cursor_with_nul_is_refused() -> None:
+    with pytest.raises(ValidationFailed):
+        decode_cursor(encode_cursor({"i": "\x00"}))
 
 
 @pytest.mark.parametrize("cursor", ["%%%", "bm90IGpzb24", encode_cursor({"a": 1})[:-3] + "!!", "WzFd"])
