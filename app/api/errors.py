@@ -46,7 +46,10 @@ def error_response(status: int, code: str, message: str, details: dict[str, Any]
 
 
 def _service_error(exc: ServiceError) -> Response:
-    return error_response(exc.status, exc.code, exc.message, exc.details)
+    response = error_response(exc.status, exc.code, exc.message, exc.details)
+    if "retry_after_s" in exc.details:
+        response.headers["Retry-After"] = str(exc.details["retry_after_s"])
+    return response
 
 
 def _http_error(exc: HTTPException) -> Response:
