@@ -1,0 +1,104 @@
+"""The streaming provider contract: stream items, the Provider protocol and the error taxonomy."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+ShouldStop = Callable[[], bool]
+"""Polled by providers between chunks and while waiting; True means stop now (cancel or timeout)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of reply text, yielded as soon as the upstream produced it."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts, yielded exactly once as the last item of a successful stream."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    estimated: bool = False
+
+
+StreamItem = Delta | Usage
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Network limits so a dead or stalled upstream can never hang an LLM step forever."""
+
+    connect: float = 10.0
+    read: float = 60.0
+    write: float = 30.0
+
+
+# Error codes carried by ProviderError.code (stable strings; the execution's error.code).
+RATE_LIMITED = "rate_limited"
+UPSTREAM_ERROR = "upstream_error"
+OVERLOADED = "overloaded"
+CONNECTION_ERROR = "connection_error"
+TIMEOUT = "timeout"
+INCOMPLETE_STREAM = "incomplete_stream"
+AUTH_FAILED = "auth_failed"
+BAD_REQUEST = "bad_request"
+BAD_RESPONSE = "bad_response"
+INVALID_OPTIONS = "invalid_options"
+PROVIDER_ERROR = "provider_error"
+SCRIPTED_FAILURE = "scripted_failure"
+
+
+class ProviderError(Exception):
+    """Base of every failure a provider reports, so callers need exactly one except clause."""
+
+    transient: bool = False
+
+    def __init__(self, code: str, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r}, status={self.status!r})"
+
+
+class TransientProviderError(ProviderError):
+    """A failure worth retrying with backoff: 429, 5xx, connection errors, resets, read timeouts."""
+
+    transient = True
+
+
+class FatalProviderError(ProviderError):
+    """A failure a retry cannot fix: auth errors, other 4xx, malformed responses, invalid options."""
+
+
+class Stopped(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by stream() when should_stop() turned True, so the caller knows the reply is partial."""
+
+
+@runtime_checkable
+class Provider(Protocol):
+    """One LLM backend behind the single streaming interface the LLM step uses."""
+
+    name: str
+    default_model: str
+
+    def stream(
+        self,
+        *,
+        system_prompt: str | None,
+        message: str,
+        model: str | None,
+        options: dict[str, Any],
+        should_stop: ShouldStop,
+        attempt: int,
+    ) -> Iterator[StreamItem]:
+        """Yield Delta items, then one Usage; raise ProviderError on failure or Stopped when told to stop."""
+        ...

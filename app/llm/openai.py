@@ -1,0 +1,173 @@
+"""OpenAI-compatible /chat/completions streaming (OpenAI, vLLM, Ollama, llama.cpp, OpenRouter)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+
+from app.llm.base import (
+    BAD_RESPONSE,
+    INCOMPLETE_STREAM,
+    INVALID_OPTIONS,
+    PROVIDER_ERROR,
+    Delta,
+    FatalProviderError,
+    ProviderError,
+    ShouldStop,
+    StreamItem,
+    Timeouts,
+    TransientProviderError,
+    Usage,
+)
+from app.llm.http_stream import StreamRequest, stream_lines
+from app.llm.options import InvalidOptions, validate_openai
+from app.llm.redact import clip, redact
+from app.llm.sse import iter_events
+from app.llm.stopping import check_stop
+from app.llm.tokens import count_tokens
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+TRANSIENT_ERROR_TYPES = ("server_error", "rate_limit", "overloaded", "timeout", "unavailable")
+
+
+class OpenAIProvider:
+    """Streams a chat completion from any OpenAI-compatible endpoint; base_url includes the /v1 part."""
+
+    name = "openai"
+    default_model = DEFAULT_MODEL
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None,
+        base_url: str | None = None,
+        timeouts: Timeouts | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self._api_key = api_key
+        self.base_url = (base_url or DEFAULT_BASE_URL).rstrip("/")
+        self.timeouts = timeouts or Timeouts()
+        self._transport = transport
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(base_url={self.base_url!r}, api_key={'***' if self._api_key else None})"
+
+    def build_request(
+        self, *, system_prompt: str | None, message: str, model: str | None, options: dict[str, Any]
+    ) -> StreamRequest:
+        """The streaming request body and headers (the key only as a Bearer header)."""
+        opts = dict(options)
+        include_usage = opts.pop("include_usage", True)
+        messages: list[dict[str, str]] = []
+        if system_prompt:
+            messages.append({"role": "system", "content": system_prompt})
+        messages.append({"role": "user", "content": message})
+        body: dict[str, Any] = {"model": model or self.default_model, "messages": messages, "stream": True}
+        if include_usage:
+            body["stream_options"] = {"include_usage": True}
+        body.update(opts)
+        headers = {"accept": "text/event-stream", "content-type": "application/json"}
+        if self._api_key:
+            headers["authorization"] = f"Bearer {self._api_key}"
+        return StreamRequest(url=f"{self.base_url}/chat/completions", headers=headers, body=body)
+
+    def stream(
+        self,
+        *,
+        system_prompt: str | None,
+        message: str,
+        model: str | None,
+        options: dict[str, Any],
+        should_stop: ShouldStop,
+        attempt: int,
+    ) -> Iterator[StreamItem]:
+        """Yield content deltas then Usage (estimated if the server sent none); raise Stopped on stop."""
+        try:
+            opts = validate_openai(options)
+        except InvalidOptions as exc:
+            raise FatalProviderError(INVALID_OPTIONS, exc.message) from None
+        request = self.build_request(system_prompt=system_prompt, message=message, model=model, options=opts)
+        secrets = (self._api_key,)
+        lines = stream_lines(
+            request,
+            timeouts=self.timeouts,
+            should_stop=should_stop,
+            secrets=secrets,
+            transport=self._transport,
+        )
+        usage: Usage | None = None
+        finished = False
+        output: list[str] = []
+        try:
+            for event in iter_events(lines):
+                if event.data.strip() == "[DONE]":
+                    finished = True
+                    break
+                chunk = _decode(event.data, secrets)
+                text, chunk_usage, chunk_finished = _read_chunk(chunk, secrets)
+                usage = chunk_usage or usage
+                finished = finished or chunk_finished
+                if text:
+                    check_stop(should_stop)
+                    output.append(text)
+                    yield Delta(text)
+        finally:
+            lines.close()
+        if not finished:
+            raise TransientProviderError(INCOMPLETE_STREAM, "stream ended before [DONE]")
+        check_stop(should_stop)
+        yield usage or Usage(
+            prompt_tokens=count_tokens(system_prompt, message),
+            completion_tokens=count_tokens("".join(output)),
+            estimated=True,
+        )
+
+
+def _decode(data: str, secrets: tuple[str | None, ...]) -> Any:
+    """Parse one `data:` payload as JSON or fail as a bad response."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        raise FatalProviderError(
+            BAD_RESPONSE, f"stream chunk is not JSON: {redact(clip(data, 200), secrets)}"
+        ) from None
+
+
+def _read_chunk(chunk: Any, secrets: tuple[str | None, ...]) -> tuple[str, Usage | None, bool]:
+    """Extract (choices[0].delta.content, usage, finish seen) from a chat.completion.chunk."""
+    if not isinstance(chunk, dict):
+        raise FatalProviderError(BAD_RESPONSE, "stream chunk is not a JSON object")
+    if "error" in chunk:
+        raise _stream_error(chunk["error"], secrets)
+    text = ""
+    finished = False
+    choices = chunk.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        delta = choices[0].get("delta")
+        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
+            text = delta["content"]
+        finished = choices[0].get("finish_reason") is not None
+    usage = None
+    raw = chunk.get("usage")
+    if isinstance(raw, dict):
+        prompt, completion = raw.get("prompt_tokens"), raw.get("completion_tokens")
+        if isinstance(prompt, int) and isinstance(completion, int):
+            usage = Usage(prompt_tokens=prompt, completion_tokens=completion)
+    return text, usage, finished
+
+
+def _stream_error(error: Any, secrets: tuple[str | None, ...]) -> ProviderError:
+    """An error object sent inside the stream: server/rate-limit kinds are transient, the rest fatal."""
+    if isinstance(error, dict):
+        message = str(error.get("message") or "unknown error")
+        kind = str(error.get("type") or error.get("code") or "")
+    else:
+        message, kind = str(error), ""
+    text = redact(clip(f"{message} ({kind})" if kind else message), secrets)
+    if any(marker in kind for marker in TRANSIENT_ERROR_TYPES):
+        return TransientProviderError(PROVIDER_ERROR, f"upstream stream error: {text}")
+    return FatalProviderError(PROVIDER_ERROR, f"upstream stream error: {text}")

@@ -1,0 +1,102 @@
+"""The offline, deterministic `scripted` provider, so every success and failure path is testable."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from app.llm.base import (
+    INVALID_OPTIONS,
+    SCRIPTED_FAILURE,
+    Delta,
+    FatalProviderError,
+    ShouldStop,
+    StreamItem,
+    TransientProviderError,
+    Usage,
+)
+from app.llm.options import InvalidOptions, validate_scripted
+from app.llm.stopping import check_stop, wait_or_stop
+from app.llm.tokens import count_tokens
+
+DEFAULT_MODEL = "scripted-1"
+_WORD = re.compile(r"\s*\S+|\s+")
+
+
+def split_words(text: str) -> list[str]:
+    """Split text into word chunks that keep their leading whitespace, so "".join(chunks) == text."""
+    return _WORD.findall(text)
+
+
+def default_reply(message: str) -> str:
+    """The reply when no text/chunks option is given: derived from the message only, hence deterministic."""
+    return f"Echo: {message}"
+
+
+class ScriptedProvider:
+    """Streams a scripted reply, optionally slowly, hanging or failing, driven by per-agent options."""
+
+    name = "scripted"
+    default_model = DEFAULT_MODEL
+
+    def __repr__(self) -> str:
+        return "ScriptedProvider()"
+
+    def stream(
+        self,
+        *,
+        system_prompt: str | None,
+        message: str,
+        model: str | None,
+        options: dict[str, Any],
+        should_stop: ShouldStop,
+        attempt: int,
+    ) -> Iterator[StreamItem]:
+        """Yield the scripted chunks then Usage; fail or hang as the options say; raise Stopped on stop.
+
+        fail_at_chunk at or past the end fails after the last chunk (before Usage); fail_mode without
+        fail_at_chunk fails before chunk 0; fail_mode "fatal" is the default once fail_at_chunk is set;
+        fail_attempts (transient only, default 1) is how many first attempts fail.
+        """
+        try:
+            opts = validate_scripted(options)
+        except InvalidOptions as exc:
+            raise FatalProviderError(INVALID_OPTIONS, exc.message) from None
+        if "chunks" in opts:
+            chunks: list[str] = opts["chunks"]
+        else:
+            chunks = split_words(opts["text"] if "text" in opts else default_reply(message))
+        fail_at: int | None = opts.get("fail_at_chunk")
+        if fail_at is None and "fail_mode" in opts:
+            fail_at = 0
+        delay_s = float(opts.get("chunk_delay_ms", 0)) / 1000.0
+
+        check_stop(should_stop)
+        if opts.get("hang_s"):
+            wait_or_stop(float(opts["hang_s"]), should_stop)
+        for index, chunk in enumerate(chunks):
+            if index and delay_s:
+                wait_or_stop(delay_s, should_stop)
+            check_stop(should_stop)
+            if index == fail_at:
+                self._maybe_fail(opts, index, attempt)
+            if chunk:
+                yield Delta(chunk)
+        check_stop(should_stop)
+        if fail_at is not None and fail_at >= len(chunks):
+            self._maybe_fail(opts, len(chunks), attempt)
+        yield Usage(
+            prompt_tokens=count_tokens(system_prompt, message),
+            completion_tokens=count_tokens("".join(chunks)),
+        )
+
+    @staticmethod
+    def _maybe_fail(opts: dict[str, Any], index: int, attempt: int) -> None:
+        """Raise the scripted failure unless it is transient and this attempt is past fail_attempts."""
+        if opts.get("fail_mode", "fatal") == "fatal":
+            raise FatalProviderError(SCRIPTED_FAILURE, f"scripted fatal failure before chunk {index}")
+        if attempt <= opts.get("fail_attempts", 1):
+            raise TransientProviderError(
+                SCRIPTED_FAILURE, f"scripted transient failure before chunk {index} (attempt {attempt})"
+            )
