@@ -42,3 +42,6 @@ lint: install  ## ruff and mypy
 
 clean:  ## Remove the virtualenv and local SQLite data
 	rm -rf $(VENV) instance
+
+demo: install  ## Against the running stack (make run): stream an execution live, message, audit trail
+	$(PY) scripts/demo.py
