@@ -31,7 +31,9 @@ run: install services migrate  ## Install, migrate, and start web, worker, mailb
 	@echo "  RabbitMQ    http://127.0.0.1:15672           (guest/guest)"
 	@echo "  API key:    $(VENV)/bin/flask --app wsgi keys create --workspace demo"
 	@echo ""
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH $(VENV)/bin/honcho start -p $(PORT)
+	rm -rf instance/prometheus && mkdir -p instance/prometheus
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/instance/prometheus \
+		$(VENV)/bin/honcho start -p $(PORT)
 
 test: install services  ## Unit, integration (real PostgreSQL, RabbitMQ, Redis, SQLite) and property tests
 	$(VENV)/bin/pytest
