@@ -19,13 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import amqp
+import kombu.exceptions
 from kombu import Connection
 
 from coordination.topology import declare_topology_on
 
 log = logging.getLogger(__name__)
 
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (amqp.exceptions.ConnectionError, OSError)
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    amqp.exceptions.ConnectionError,
+    OSError,
+    kombu.exceptions.OperationalError,
+)
 CHANNEL_ERRORS: tuple[type[BaseException], ...] = (amqp.exceptions.ChannelError,)
 
 # Outcomes of one publish.
@@ -44,7 +49,8 @@ def connect(broker_url: str, *, timeout_s: float) -> Connection:
         connect_timeout=timeout_s,
         transport_options={"read_timeout": timeout_s, "write_timeout": timeout_s},
     )
-    conn.connect()
+    # kombu's connect() sleeps 2 s before its one retry; callers retry on their own terms.
+    conn.ensure_connection(max_retries=0, interval_start=0, interval_step=0, interval_max=0)
     return conn
 
 

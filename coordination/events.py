@@ -148,7 +148,7 @@ class Subscription:
                 consumer.consume(self._on_message, no_ack=False)
                 failures = 0
                 while not self._stop.is_set():
-                    consumer.drain(0.2)
+                    consumer.drain(0.1)
             except Exception as exc:  # noqa: BLE001 - outages are waited out
                 failures += 1
                 log.warning("subscription %s lost its connection: %s", self.name or "anon", exc)
@@ -159,10 +159,15 @@ class Subscription:
                 self._consumer = None
 
     def close(self, timeout_s: float = 5.0) -> None:
-        """Stop consuming; a named queue keeps collecting events for the next subscriber."""
+        """Stop consuming (waiting up to timeout_s); a named queue keeps collecting events for the next one."""
         self._stop.set()
-        if threading.current_thread() is not self._thread:
+        if timeout_s > 0 and threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
+
+    @property
+    def closed(self) -> bool:
+        """True once the consumer thread has finished (its connection is closed)."""
+        return not self._thread.is_alive()
 
     def __enter__(self) -> Subscription:
         return self
