@@ -24,6 +24,7 @@ Poison messages (a delivery whose store keeps failing):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,6 +39,8 @@ QUEUE_TYPES = ("classic", "quorum")
 DEFAULT_MAX_ATTEMPTS = 5
 MAX_AGENT_ID_LENGTH = 64
 
+_WHITESPACE = re.compile(r"\s")
+
 agents_exchange = Exchange(AGENTS_EXCHANGE, type="direct", durable=True)
 dlx_exchange = Exchange(DLX_EXCHANGE, type="fanout", durable=True)
 dead_queue = Queue(DEAD_QUEUE, exchange=dlx_exchange, routing_key="", durable=True, auto_delete=False)
@@ -48,7 +51,7 @@ def validate_agent_id(agent_id: str) -> str:
     """Reject ids that cannot be a routing key, a queue name part or an inbox column value."""
     if not isinstance(agent_id, str) or not agent_id or len(agent_id) > MAX_AGENT_ID_LENGTH:
         raise ValueError(f"agent id must be a non-empty string of at most {MAX_AGENT_ID_LENGTH} chars")
-    if any(ch.isspace() for ch in agent_id):
+    if _WHITESPACE.search(agent_id):
         raise ValueError("agent id must not contain whitespace")
     return agent_id
 

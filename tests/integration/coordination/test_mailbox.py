@@ -168,6 +168,28 @@ def test_poison_message_goes_to_dead_letters(
     assert [r["message_id"] for r in audited] == [poison_id]
 
 
+def test_quorum_inbox_poison_is_dead_lettered(
+    pg_social: SocialLayer, pg_engine: Engine, agents: Callable[..., str], coord_broker_url: str
+) -> None:
+    """Quorum inboxes (x-delivery-limit, at-least-once dead-lettering) take the same path to dead_letters."""
+    receiver = agents("qpoison", queue_type="quorum")
+    poison_id = f"poison-{receiver}"
+    _publish_raw(coord_broker_url, receiver, b"\xff\xfe", poison_id, {"from_agent_id": "evil"})
+    ok = pg_social.send_message(from_agent_id="a", to_agent_id=receiver, message="fine")["message_id"]
+    assert [m["message_id"] for m in pg_social.get_messages(agent_id=receiver)] == [ok]
+    mailbox = Mailbox(coord_broker_url, pg_engine, list_agent_ids=lambda: [receiver])
+    try:
+        assert wait_for(
+            lambda: (
+                mailbox.run_once() is not None
+                and any(r["message_id"] == poison_id for r in list_dead_letters(pg_engine, to_agent_id=receiver))
+            ),
+            timeout_s=10,
+        )
+    finally:
+        mailbox._close_session()
+
+
 def test_failing_store_hook_dead_letters_after_max_attempts(
     engine: Engine, agents: Callable[..., str], coord_broker_url: str
 ) -> None:
