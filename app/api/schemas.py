@@ -102,3 +102,59 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, dict[str, Any]]
+
+
+class MessageSend(Strict):
+    to_agent_id: StrictStr = Field(min_length=1, max_length=64)
+    message: Any = Field(description="a string or any JSON value, at most 256 KiB serialized")
+    correlation_id: StrictStr | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[!-~]+$")
+    message_id: StrictStr | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[!-~]+$",
+                                         description="client-chosen id: a retry with the same id never duplicates")
+    execute: StrictBool = Field(default=False, description="run the receiver on the message and reply to the sender")
+
+
+class MessageSent(BaseModel):
+    message_id: str
+    status: Literal["confirmed"]
+    execution_id: str | None
+
+
+class InboxMessage(BaseModel):
+    seq: int
+    message_id: str
+    from_agent_id: str
+    to_agent_id: str
+    message: Any
+    correlation_id: str | None
+    sent_at: str
+    delivered_at: str
+    hop: int
+
+
+class MessageList(BaseModel):
+    messages: list[InboxMessage]
+    next_after: int
+
+
+class DeadLetter(BaseModel):
+    id: int
+    message_id: str | None
+    from_agent_id: str | None
+    to_agent_id: str | None
+    body: str | None
+    reason: str | None
+    dead_lettered_at: str
+
+
+class DeadLetterList(BaseModel):
+    items: list[DeadLetter]
+
+
+class EventPublish(Strict):
+    event_type: StrictStr = Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_\-]+(\.[A-Za-z0-9_\-]+)*$",
+                                  description="dot-separated words, no wildcards (e.g. order.created)")
+    data: Any = None
+
+
+class EventAccepted(BaseModel):
+    event_id: str

@@ -9,7 +9,7 @@ from sqlalchemy import and_, or_, select
 
 from app.extensions import db
 from app.models import Agent
-from app.services import audit, inboxes
+from app.services import audit, events, inboxes
 from app.services.auth import Principal
 from app.services.errors import NotFound, ValidationFailed
 from app.services.pagination import decode_cursor, encode_cursor
@@ -52,6 +52,7 @@ def create(principal: Principal, fields: dict[str, Any]) -> Agent:
     )
     inboxes.declare(agent.id)
     db.session.commit()
+    events.announce_agent(agent, "created")
     return agent
 
 
@@ -86,6 +87,7 @@ def delete(principal: Principal, agent_id: str) -> None:
     )
     db.session.commit()
     inboxes.delete(agent.id)
+    events.announce_agent(agent, "deleted")
 
 
 def list_agents(principal: Principal, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:

@@ -7,7 +7,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Connection, insert, select
+from sqlalchemy.orm import Session
 
 from app.extensions import db
 from app.models import AuditLog, Workspace
@@ -41,18 +42,44 @@ def row_digest(
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _lock_chain_head(workspace_id: str) -> str:
+def _lock_chain_head(conn: Session | Connection, workspace_id: str) -> str:
     """Serialize appends per workspace (row lock on PostgreSQL; SQLite writers are already serialized)."""
-    db.session.execute(
-        select(Workspace.id).where(Workspace.id == workspace_id).with_for_update()
-    ).scalar_one()
-    last = db.session.execute(
+    conn.execute(select(Workspace.id).where(Workspace.id == workspace_id).with_for_update()).scalar_one()
+    last = conn.execute(
         select(AuditLog.hash)
         .where(AuditLog.workspace_id == workspace_id)
         .order_by(AuditLog.id.desc())
         .limit(1)
     ).scalar_one_or_none()
     return last or GENESIS_HASH
+
+
+def _chained_values(
+    conn: Session | Connection,
+    *,
+    workspace_id: str,
+    actor: str,
+    action: str,
+    result: str,
+    agent_id: str | None,
+    execution_id: str | None,
+    details: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The next row of the workspace's chain, with the chain head locked until the caller's transaction ends."""
+    if result not in RESULTS:
+        raise ValueError(f"unknown audit result {result!r}")
+    prev_hash = _lock_chain_head(conn, workspace_id)
+    fields: dict[str, Any] = {
+        "at": utcnow(),
+        "workspace_id": workspace_id,
+        "actor": actor,
+        "agent_id": agent_id,
+        "execution_id": execution_id,
+        "action": action,
+        "result": result,
+        "details": json.loads(json.dumps(details or {}, default=str)),
+    }
+    return {**fields, "prev_hash": prev_hash, "hash": row_digest(prev_hash=prev_hash, **fields)}
 
 
 def record(
@@ -66,36 +93,46 @@ def record(
     details: dict[str, Any] | None = None,
 ) -> AuditLog:
     """Append one row in the current transaction; the caller commits it with the change it records."""
-    if result not in RESULTS:
-        raise ValueError(f"unknown audit result {result!r}")
-    prev_hash = _lock_chain_head(workspace_id)
-    at = utcnow()
-    clean_details = json.loads(json.dumps(details or {}, default=str))
     row = AuditLog(
-        at=at,
-        workspace_id=workspace_id,
-        actor=actor,
-        agent_id=agent_id,
-        execution_id=execution_id,
-        action=action,
-        result=result,
-        details=clean_details,
-        prev_hash=prev_hash,
-        hash=row_digest(
-            prev_hash=prev_hash,
-            at=at,
+        **_chained_values(
+            db.session(),
             workspace_id=workspace_id,
             actor=actor,
-            agent_id=agent_id,
-            execution_id=execution_id,
             action=action,
             result=result,
-            details=clean_details,
-        ),
+            agent_id=agent_id,
+            execution_id=execution_id,
+            details=details,
+        )
     )
     db.session.add(row)
     db.session.flush()
     return row
+
+
+def record_on(
+    conn: Connection,
+    *,
+    workspace_id: str,
+    actor: str,
+    action: str,
+    result: str = "ok",
+    agent_id: str | None = None,
+    execution_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Append one row on a raw connection (coordination's store hooks), committed with the caller's transaction."""
+    values = _chained_values(
+        conn,
+        workspace_id=workspace_id,
+        actor=actor,
+        action=action,
+        result=result,
+        agent_id=agent_id,
+        execution_id=execution_id,
+        details=details,
+    )
+    conn.execute(insert(AuditLog.__table__).values(**values))
 
 
 def serialize(row: AuditLog) -> dict[str, Any]:
