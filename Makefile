@@ -47,3 +47,6 @@ clean:  ## Remove the virtualenv and local SQLite data
 
 demo: install  ## Against the running stack (make run): stream an execution live, message, audit trail
 	$(PY) scripts/demo.py
+
+bench-execute: install services  ## Executions/s through the API vs a bare Celery chain, first-delta latency
+	$(PY) -m bench.execute

@@ -17,6 +17,8 @@ task_acks_late = True
 task_reject_on_worker_lost = True
 task_track_started = True
 task_default_queue = "executions"
+# Modules whose @shared_task functions the worker registers.
+imports = ["tasks.executions"]
 task_default_delivery_mode = "persistent"
 task_publish_retry = True
 task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}

@@ -1,0 +1,112 @@
+"""Bring-your-own provider keys: Fernet-encrypted at rest, decrypted only inside the LLM step, never logged."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.fernet import Fernet, InvalidToken
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from app.extensions import db
+from app.models import Credential
+from app.models.types import new_id
+from app.services import audit
+from app.services.auth import Principal
+from app.services.errors import NotFound, ServiceError
+from app.timeutil import iso
+
+HKDF_INFO = b"agent-runtime credentials v1"
+
+
+class CredentialUnreadable(ServiceError):
+    """The stored key cannot be decrypted (CREDENTIALS_KEY or SECRET_KEY changed since it was stored)."""
+
+    status = 500
+    code = "credential_unreadable"
+
+
+@dataclass(frozen=True)
+class ProviderSecret:
+    """A decrypted key with what is needed to call the provider; repr never shows the key."""
+
+    provider: str
+    api_key: str = field(repr=False)
+    base_url: str | None
+
+
+def fernet_key(*, credentials_key: str, secret_key: str) -> bytes:
+    """CREDENTIALS_KEY if set; otherwise a key derived from SECRET_KEY (HKDF-SHA256), so one secret suffices."""
+    if credentials_key:
+        return credentials_key.encode()
+    derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=HKDF_INFO).derive(secret_key.encode())
+    return base64.urlsafe_b64encode(derived)
+
+
+class Vault:
+    """Encrypts and decrypts provider keys with the configured Fernet key."""
+
+    def __init__(self, *, credentials_key: str, secret_key: str) -> None:
+        self._fernet = Fernet(fernet_key(credentials_key=credentials_key, secret_key=secret_key))
+
+    def __repr__(self) -> str:
+        return "Vault(***)"
+
+    def encrypt(self, api_key: str) -> str:
+        return self._fernet.encrypt(api_key.encode()).decode()
+
+    def decrypt(self, token: str) -> str:
+        try:
+            return self._fernet.decrypt(token.encode()).decode()
+        except InvalidToken as exc:
+            raise CredentialUnreadable("stored credential cannot be decrypted with the configured key") from exc
+
+
+def serialize(credential: Credential) -> dict[str, Any]:
+    return {
+        "id": credential.id,
+        "provider": credential.provider,
+        "last4": credential.last4,
+        "base_url": credential.base_url,
+        "created_at": iso(credential.created_at),
+    }
+
+
+def create(principal: Principal, vault: Vault, *, provider: str, api_key: str, base_url: str | None) -> Credential:
+    """Store the key encrypted; the audit row names the credential, never the key."""
+    credential_id = new_id()
+    last4 = api_key[-4:]
+    # Audit first: it locks the workspace row before the insert's foreign-key share lock could deadlock it.
+    audit.record(
+        workspace_id=principal.workspace_id,
+        actor=principal.actor,
+        action="credential.created",
+        details={"credential_id": credential_id, "provider": provider, "last4": last4},
+    )
+    credential = Credential(
+        id=credential_id,
+        workspace_id=principal.workspace_id,
+        provider=provider,
+        encrypted_key=vault.encrypt(api_key),
+        base_url=base_url,
+        last4=last4,
+    )
+    db.session.add(credential)
+    db.session.commit()
+    return credential
+
+
+def get(workspace_id: str, credential_id: str) -> Credential:
+    """Another workspace's credential is indistinguishable from a missing one."""
+    credential = db.session.get(Credential, credential_id)
+    if credential is None or credential.workspace_id != workspace_id:
+        raise NotFound(f"credential {credential_id} not found", {"credential_id": credential_id})
+    return credential
+
+
+def reveal(vault: Vault, workspace_id: str, credential_id: str) -> ProviderSecret:
+    """Decrypt for the LLM step only."""
+    credential = get(workspace_id, credential_id)
+    return ProviderSecret(credential.provider, vault.decrypt(credential.encrypted_key), credential.base_url)

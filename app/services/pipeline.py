@@ -1,0 +1,429 @@
+"""The chain's three steps as plain functions: governance re-check, LLM streaming, persistence.
+
+Every step is idempotent, because a redelivered task (worker killed, acks late) runs it again:
+- governance acts only on a `pending` execution;
+- the LLM step holds a short Redis lease, so one run streams at a time; a run that finds the execution
+  already `running` restarts it and announces `reset` {attempt};
+- persistence is a conditional UPDATE on `running` with its audit rows in the same transaction, and the
+  terminal event is refused by the stream once one exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import func, update
+from sqlalchemy.orm.attributes import set_committed_value
+
+from app.extensions import db
+from app.llm import (
+    Delta,
+    FatalProviderError,
+    Provider,
+    ProviderError,
+    Stopped,
+    Timeouts,
+    TransientProviderError,
+    Usage,
+    get_provider,
+)
+from app.llm.stopping import wait_or_stop
+from app.models import Agent, Execution, ExecutionStatus
+from app.services import audit, credentials, governance
+from app.services.backoff import retry_delay
+from app.services.executions import emit_terminal, event_log, finalize, is_terminal, transition
+from app.services.streams import EventLog
+from app.timeutil import as_utc, iso, utcnow
+
+log = logging.getLogger(__name__)
+
+ACTOR = "worker"
+LEASE_MS = 5000
+REFRESH_EVERY_S = 1.0
+CLAIM_POLL_S = 0.1
+CANCEL_POLL_S = 0.01  # between emits (waits, hangs); every emit reports the flag anyway
+OUTCOME_AUDIT: dict[str, list[tuple[str, str]]] = {
+    "completed": [("llm.completed", "ok"), ("execution.completed", "ok")],
+    "failed": [("llm.failed", "error"), ("execution.failed", "error")],
+    "cancelled": [("execution.cancelled", "ok")],
+    "timed_out": [("execution.timed_out", "error")],
+}
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    """Retry and network limits for the LLM step, from the app config."""
+
+    max_attempts: int
+    retry_base_s: float
+    retry_cap_s: float
+    timeouts: Timeouts
+
+    @classmethod
+    def from_config(cls) -> LlmSettings:
+        config = current_app.config
+        return cls(
+            max_attempts=int(config["LLM_MAX_ATTEMPTS"]),
+            retry_base_s=float(config["LLM_RETRY_BASE_S"]),
+            retry_cap_s=float(config["LLM_RETRY_CAP_S"]),
+            timeouts=Timeouts(connect=float(config["LLM_CONNECT_TIMEOUT_S"]),
+                              read=float(config["LLM_READ_TIMEOUT_S"])),
+        )
+
+
+def skipped(execution_id: str, reason: str) -> dict[str, Any]:
+    """What a step returns when there is nothing (more) to do; later steps pass it on."""
+    return {"execution_id": execution_id, "skip": reason}
+
+
+def _step(name: str, status: str, started: str | None) -> dict[str, Any]:
+    return {"name": name, "status": status, "started_at": started, "finished_at": iso(utcnow())}
+
+
+def _load(execution_id: str) -> Execution | None:
+    """Each task runs in its own app context, hence a fresh session: one SELECT, and objects stay usable after
+    commits (no expire-on-commit reloads in the hot path)."""
+    db.session().expire_on_commit = False
+    execution: Execution | None = db.session.get(Execution, execution_id)
+    return execution
+
+
+# --- governance -------------------------------------------------------------------------------------------
+
+
+def governance_step(execution_id: str) -> dict[str, Any]:
+    """Re-check governance in the worker: maturity or status may have changed while the execution was queued."""
+    started = iso(utcnow())
+    execution = _load(execution_id)
+    if execution is None or execution.status != ExecutionStatus.PENDING:
+        db.session.rollback()
+        return skipped(execution_id, f"status {execution.status if execution else 'missing'}")
+    agent = db.session.get(Agent, execution.agent_id)
+    agent_status = "deleted" if agent is None or agent.deleted_at is not None else agent.status
+    decision = governance.decide(
+        maturity_level=agent.maturity_level if agent else "STUDENT", action=execution.action, agent_status=agent_status
+    )
+    approved = bool((execution.governance or {}).get("approved_by"))
+    if decision.outcome == "denied":
+        ended = finalize(
+            execution,
+            status=ExecutionStatus.DENIED,
+            actor=ACTOR,
+            from_statuses=[ExecutionStatus.PENDING.value],
+            values={"error_code": "governance_denied", "error_message": decision.reason,
+                    "steps": [_step("governance", "denied", started)]},
+            audit_rows=[("governance.denied", "denied", {**decision.as_dict(), "checked_by": ACTOR})],
+        )
+        if ended:
+            emit_terminal(execution)
+        return skipped(execution_id, "denied")
+    if decision.outcome == "approval_required" and not approved:
+        moved = transition(
+            execution,
+            status=ExecutionStatus.AWAITING_APPROVAL,
+            actor=ACTOR,
+            from_statuses=[ExecutionStatus.PENDING.value],
+            audit_rows=[("governance.approval_required", "ok", {**decision.as_dict(), "checked_by": ACTOR})],
+        )
+        if moved:
+            event_log().emit(execution_id, "status", {"execution_id": execution_id, "status": execution.status})
+        return skipped(execution_id, "awaiting_approval")
+    assert agent is not None
+    db.session.rollback()
+    return {
+        "execution_id": execution_id,
+        "steps": [_step("governance", "completed", started)],
+        "agent": {"llm": agent.llm or {}, "system_prompt": agent.system_prompt},
+    }
+
+
+# --- LLM ----------------------------------------------------------------------------------------------------
+
+
+class _Lost(Exception):  # noqa: N818 - control flow
+    """Another run owns the execution now, or it already ended: stop without writing anything."""
+
+
+@dataclass
+class _Run:
+    """One LLM run's state: its lease token, deadline and why it was told to stop."""
+
+    execution_id: str
+    token: str
+    events: EventLog
+    deadline: float
+    stop_reason: str | None = None
+    last_refresh: float = 0.0
+    last_cancel_check: float = 0.0
+    cancel_seen: bool = False
+
+    def should_stop(self) -> bool:
+        """Polled between chunks and while waiting: timeout, lost lease, or the cancel flag."""
+        now = time.monotonic()
+        if now >= self.deadline:
+            self.stop_reason = "timed_out"
+            return True
+        if now - self.last_refresh >= REFRESH_EVERY_S:
+            self.last_refresh = now
+            if not self.events.refresh_run(self.execution_id, self.token, LEASE_MS):
+                self.stop_reason = "lost"
+                return True
+        if self.cancel_seen or (
+            now - self.last_cancel_check >= CANCEL_POLL_S and self._check_cancel(now)
+        ):
+            self.stop_reason = "cancelled"
+            return True
+        return False
+
+    def _check_cancel(self, now: float) -> bool:
+        self.last_cancel_check = now
+        self.cancel_seen = self.events.cancel_requested(self.execution_id)
+        return self.cancel_seen
+
+    def emit(self, event: str, data: dict[str, Any]) -> int:
+        """Append an event; the same round trip reports the cancel flag, so every chunk checks it for free."""
+        event_id, cancelled = self.events.emit_checking_cancel(self.execution_id, event, data, run=self.token)
+        if event_id < 0:
+            raise _Lost()
+        self.last_cancel_check = time.monotonic()
+        self.cancel_seen = self.cancel_seen or cancelled
+        return event_id
+
+
+def _claim(events: EventLog, execution: Execution, token: str) -> bool:
+    """Take the lease; while a live run holds it, wait (a duplicate delivery), unless the execution ends."""
+    give_up = time.monotonic() + execution.timeout_s + 60
+    while not events.claim_run(execution.id, token, LEASE_MS):
+        db.session.rollback()
+        db.session.refresh(execution)
+        if is_terminal(execution.status) or time.monotonic() > give_up:
+            return False
+        time.sleep(CLAIM_POLL_S)
+    return True
+
+
+def _mark_running(execution: Execution, steps: list[dict[str, Any]]) -> int | None:
+    """pending|running -> running, attempts + 1; audit llm.started once, llm.retried on a restart."""
+    row = db.session.execute(
+        update(Execution)
+        .where(Execution.id == execution.id,
+               Execution.status.in_([ExecutionStatus.PENDING.value, ExecutionStatus.RUNNING.value]))
+        .values(status=ExecutionStatus.RUNNING.value, attempts=Execution.attempts + 1,
+                started_at=func.coalesce(Execution.started_at, utcnow()), steps=steps)
+        .returning(Execution.attempts, Execution.started_at)
+        .execution_options(synchronize_session=False)
+    ).one_or_none()
+    if row is None:
+        db.session.rollback()
+        return None
+    attempt = int(row.attempts)
+    for name, value in (("status", ExecutionStatus.RUNNING.value), ("attempts", attempt),
+                        ("started_at", row.started_at), ("steps", steps)):
+        set_committed_value(execution, name, value)
+    if attempt == 1:
+        audit.record(workspace_id=execution.workspace_id, actor=ACTOR, agent_id=execution.agent_id,
+                     execution_id=execution.id, action="llm.started", details={"attempt": 1})
+    else:
+        audit.record(workspace_id=execution.workspace_id, actor=ACTOR, agent_id=execution.agent_id,
+                     execution_id=execution.id, action="llm.retried",
+                     details={"attempt": attempt, "reason": "restarted after a lost worker"})
+    db.session.commit()
+    return attempt
+
+
+def _next_attempt(execution: Execution, error: ProviderError, delay_s: float) -> int:
+    """Count the retry in the row and audit it, before its `reset` event goes out."""
+    attempt = int(db.session.execute(
+        update(Execution).where(Execution.id == execution.id)
+        .values(attempts=Execution.attempts + 1).returning(Execution.attempts)
+        .execution_options(synchronize_session=False)
+    ).scalar_one())
+    set_committed_value(execution, "attempts", attempt)
+    audit.record(workspace_id=execution.workspace_id, actor=ACTOR, agent_id=execution.agent_id,
+                 execution_id=execution.id, action="llm.retried",
+                 details={"attempt": attempt, "code": error.code, "message": error.message,
+                          "delay_s": round(delay_s, 3)})
+    db.session.commit()
+    return attempt
+
+
+def _provider(
+    execution: Execution, agent: dict[str, Any], settings: LlmSettings
+) -> tuple[Provider, dict[str, Any], str | None, str | None]:
+    """The agent's provider (with its decrypted credential), options, model and system prompt."""
+    llm = agent.get("llm") or {}
+    name = str(llm.get("provider") or "scripted")
+    api_key = base_url = None
+    if llm.get("credential_id"):
+        config = current_app.config
+        vault = credentials.Vault(credentials_key=config["CREDENTIALS_KEY"], secret_key=config["SECRET_KEY"])
+        secret = credentials.reveal(vault, execution.workspace_id, str(llm["credential_id"]))
+        api_key, base_url = secret.api_key, secret.base_url
+    provider = get_provider(name, api_key=api_key, base_url=base_url, timeouts=settings.timeouts)
+    return provider, dict(llm.get("options") or {}), llm.get("model"), agent.get("system_prompt")
+
+
+def llm_step(previous: dict[str, Any]) -> dict[str, Any]:
+    """Stream the reply into the execution's event log, retrying transient errors; hand the outcome on."""
+    execution_id = str(previous["execution_id"])
+    if previous.get("skip"):
+        return previous
+    execution = _load(execution_id)
+    if execution is None or is_terminal(execution.status):
+        db.session.rollback()
+        return skipped(execution_id, "ended")
+    events = event_log()
+    token = uuid.uuid4().hex
+    if not _claim(events, execution, token):
+        return skipped(execution_id, "another run owns it or it ended")
+    attempt = _mark_running(execution, list(previous.get("steps") or []))
+    if attempt is None:
+        return skipped(execution_id, "ended")
+    started_at = as_utc(execution.started_at or utcnow())
+    remaining = (started_at + timedelta(seconds=execution.timeout_s) - utcnow()).total_seconds()
+    run = _Run(execution_id, token, events, deadline=time.monotonic() + remaining, last_refresh=time.monotonic())
+    step_started = iso(utcnow())
+    try:
+        if attempt == 1:
+            run.emit("status", {"execution_id": execution_id, "status": ExecutionStatus.RUNNING.value})
+        else:
+            run.emit("reset", {"attempt": attempt})
+        outcome = _stream_with_retries(execution, _agent_config(execution, previous), run, attempt,
+                                       LlmSettings.from_config())
+    except _Lost:
+        db.session.rollback()
+        return skipped(execution_id, "another run owns it or it ended")
+    except Exception as exc:  # noqa: BLE001 - a bug must still end the execution, not leave it running
+        log.exception("LLM step of execution %s crashed", execution_id)
+        db.session.rollback()
+        outcome = {"outcome": "failed", "output": "", "usage": None,
+                   "error": {"code": "internal_error", "message": f"LLM step crashed ({type(exc).__name__})"}}
+    db.session.rollback()
+    return {
+        "execution_id": execution_id,
+        "run": token,
+        **outcome,
+        "llm_step": _step("llm", outcome["outcome"], step_started),
+    }
+
+
+def _agent_config(execution: Execution, previous: dict[str, Any]) -> dict[str, Any]:
+    """The agent as the governance step just read it (saves a query), or from the database."""
+    if isinstance(previous.get("agent"), dict):
+        return dict(previous["agent"])
+    agent = db.session.get(Agent, execution.agent_id)
+    return {"llm": (agent.llm if agent else None) or {}, "system_prompt": agent.system_prompt if agent else None}
+
+
+def _stream_with_retries(
+    execution: Execution, agent: dict[str, Any], run: _Run, attempt: int, settings: LlmSettings
+) -> dict[str, Any]:
+    """Attempts until success, a fatal error, the attempt limit, cancel or timeout."""
+    provider, options, model, system_prompt = _provider(execution, agent, settings)
+    message = execution.message
+    db.session.commit()  # hold no transaction (or connection) while streaming
+    while True:
+        parts: list[str] = []
+        try:
+            usage = _stream_once(provider, run, parts, options=options, model=model,
+                                 system_prompt=system_prompt, message=message, attempt=attempt)
+            return {"outcome": "completed", "output": "".join(parts), "usage": usage, "error": None}
+        except Stopped:
+            return _stopped(run, parts)
+        except TransientProviderError as exc:
+            if attempt >= settings.max_attempts:
+                return _failed(exc, parts, f" (after {attempt} attempts)")
+            delay = retry_delay(attempt, base_s=settings.retry_base_s, cap_s=settings.retry_cap_s,
+                                retry_after_s=exc.retry_after)
+            log.info("execution %s: transient %s, retrying in %.2fs", execution.id, exc.code, delay)
+            try:
+                wait_or_stop(delay, run.should_stop)
+            except Stopped:
+                return _stopped(run, parts)
+            attempt = _next_attempt(execution, exc, delay)
+            run.emit("reset", {"attempt": attempt})
+        except FatalProviderError as exc:
+            return _failed(exc, parts, "")
+
+
+def _stream_once(provider: Provider, run: _Run, parts: list[str], *, options: dict[str, Any], model: str | None,
+                 system_prompt: str | None, message: str, attempt: int) -> dict[str, int]:
+    """One provider attempt: each delta goes to the event log as it arrives."""
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    for item in provider.stream(system_prompt=system_prompt, message=message, model=model, options=options,
+                                should_stop=run.should_stop, attempt=attempt):
+        if isinstance(item, Delta):
+            run.emit("delta", {"text": item.text})
+            parts.append(item.text)
+        elif isinstance(item, Usage):
+            usage = {"prompt_tokens": item.prompt_tokens, "completion_tokens": item.completion_tokens}
+    return usage
+
+
+def _stopped(run: _Run, parts: list[str]) -> dict[str, Any]:
+    if run.stop_reason == "lost":
+        raise _Lost()
+    if run.stop_reason == "cancelled":
+        return {"outcome": "cancelled", "output": "".join(parts), "usage": None,
+                "error": {"code": "cancelled", "message": "cancelled on request"}}
+    return {"outcome": "timed_out", "output": "".join(parts), "usage": None,
+            "error": {"code": "timeout", "message": "the execution exceeded its timeout_s"}}
+
+
+def _failed(exc: ProviderError, parts: list[str], suffix: str) -> dict[str, Any]:
+    return {"outcome": "failed", "output": "".join(parts), "usage": None,
+            "error": {"code": exc.code, "message": exc.message + suffix}}
+
+
+# --- persistence --------------------------------------------------------------------------------------------
+
+
+def persist_step(result: dict[str, Any]) -> dict[str, Any]:
+    """Write output, usage, attempts, steps and the final status once; then emit the one terminal event."""
+    execution_id = str(result["execution_id"])
+    if result.get("skip"):
+        return result
+    started = iso(utcnow())
+    execution = _load(execution_id)
+    if execution is None:
+        db.session.rollback()
+        return skipped(execution_id, "missing")
+    events = event_log()
+    if is_terminal(execution.status):
+        db.session.rollback()
+        emit_terminal(execution)  # a redelivery after the commit: make sure the event went out (once)
+        return {"execution_id": execution_id, "status": execution.status}
+    holder = events.current_run(execution_id)
+    if holder is not None and holder != result.get("run"):
+        db.session.rollback()
+        return skipped(execution_id, "a newer LLM run owns it")
+    outcome = str(result["outcome"])
+    usage = result.get("usage") or {}
+    error = result.get("error")
+    details = {"usage": usage} if outcome == "completed" else {"error": error}
+    ended = finalize(
+        execution,
+        status=ExecutionStatus(outcome),
+        actor=ACTOR,
+        from_statuses=[ExecutionStatus.RUNNING.value],
+        values={
+            "output": result.get("output") or "",
+            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+            "completion_tokens": int(usage.get("completion_tokens", 0)),
+            "error_code": error["code"] if error else None,
+            "error_message": error["message"] if error else None,
+            "steps": [*(execution.steps or []), result["llm_step"], _step("persist", "completed", started)],
+        },
+        audit_rows=[(action, res, details) for action, res in OUTCOME_AUDIT[outcome]],
+    )
+    if ended:
+        emit_terminal(execution)
+        events.end_run(execution_id)
+    return {"execution_id": execution_id, "status": execution.status}
+

@@ -1,0 +1,189 @@
+"""Per-execution event log in a Redis Stream: integer ids 1, 2, 3 ..., one terminal event, replay by id."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+TERMINAL_EVENTS = frozenset({"completed", "failed", "cancelled", "timed_out", "denied"})
+EVENT_TYPES = frozenset({"status", "delta", "reset"}) | TERMINAL_EVENTS
+
+# Appends atomically: refuses anything after the terminal event (so a redelivered step cannot emit a second
+# one) and anything from an LLM run that lost its lease (a zombie of a killed worker); numbers events 1, 2, 3.
+# Also reports the cancel flag, so the LLM step learns of a cancel with each chunk at no extra round trip.
+# KEYS: stream, seq counter, terminal marker, the lease naming the current run, cancel flag.
+# ARGV: event, data, terminal?, run, maxlen, ttl. Expiry is set on the first and the terminal event.
+_EMIT_LUA = """
+local cancel = redis.call('EXISTS', KEYS[5])
+if redis.call('EXISTS', KEYS[3]) == 1 then return {-1, cancel} end
+if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {-2, cancel} end
+local n = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], n .. '-0', 'event', ARGV[1], 'data', ARGV[2])
+if ARGV[3] == '1' then redis.call('SET', KEYS[3], n) end
+if n == 1 or ARGV[3] == '1' then
+  for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
+end
+return {n, cancel}
+"""
+
+# Extends the LLM run's lease only while this run still holds it.
+_REFRESH_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+return 0
+"""
+
+MAX_BLOCK_MS = 30_000
+REFUSED_TERMINAL = -1
+REFUSED_FENCED = -2
+
+
+@dataclass(frozen=True)
+class Event:
+    """One SSE event as stored: integer id, type and JSON data."""
+
+    id: int
+    event: str
+    data: dict[str, Any]
+
+    @property
+    def terminal(self) -> bool:
+        return self.event in TERMINAL_EVENTS
+
+
+def stream_key(execution_id: str) -> str:
+    return f"exec:{execution_id}:events"
+
+
+def _keys(execution_id: str) -> list[str]:
+    prefix = f"exec:{execution_id}"
+    return [f"{prefix}:events", f"{prefix}:seq", f"{prefix}:terminal", f"{prefix}:run", f"{prefix}:cancel"]
+
+
+def cancel_key(execution_id: str) -> str:
+    return _keys(execution_id)[4]
+
+
+_clients: dict[tuple[int, str], redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def client(url: str) -> redis.Redis:
+    """One client (and connection pool) per process and URL; redis-py pools are greenlet and fork aware."""
+    key = (os.getpid(), url)
+    with _clients_lock:
+        found = _clients.get(key)
+        if found is None:
+            found = redis.Redis.from_url(
+                url,
+                socket_connect_timeout=2.0,
+                socket_timeout=MAX_BLOCK_MS / 1000 + 30,  # above any XREAD BLOCK (redis-py's default is 5 s)
+                socket_keepalive=True,
+                health_check_interval=30,
+            )
+            _clients[key] = found
+        return found
+
+
+def parse_stream_id(raw: bytes | str) -> int:
+    """Our ids are written as "N-0"; N is the event id clients see."""
+    text = raw.decode() if isinstance(raw, bytes) else raw
+    return int(text.split("-", 1)[0])
+
+
+def _decode(entry_id: Any, fields: Any) -> Event:
+    return Event(parse_stream_id(entry_id), fields[b"event"].decode(), json.loads(fields[b"data"]))
+
+
+class EventLog:
+    """Appends and reads one execution's events; shared by the API (readers) and the worker (writers)."""
+
+    def __init__(self, redis_client: redis.Redis, *, max_events: int, retention_s: int) -> None:
+        self.redis = redis_client
+        self.max_events = max_events
+        self.retention_s = retention_s
+        self._emit = redis_client.register_script(_EMIT_LUA)
+        self._refresh = redis_client.register_script(_REFRESH_LUA)
+
+    def emit(self, execution_id: str, event: str, data: dict[str, Any], *, run: str = "") -> int:
+        """Append one event; returns its id, or a negative REFUSED_* code (already ended, or a stale run)."""
+        return self.emit_checking_cancel(execution_id, event, data, run=run)[0]
+
+    def emit_checking_cancel(
+        self, execution_id: str, event: str, data: dict[str, Any], *, run: str = ""
+    ) -> tuple[int, bool]:
+        """emit(), also answering whether a cancel was requested."""
+        if event not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {event!r}")
+        terminal = "1" if event in TERMINAL_EVENTS else "0"
+        payload = json.dumps(data, separators=(",", ":"), default=str)
+        event_id, cancelled = self._emit(
+            keys=_keys(execution_id),
+            args=[event, payload, terminal, run, self.max_events, self.retention_s],
+        )
+        return int(event_id), bool(cancelled)
+
+    def claim_run(self, execution_id: str, run: str, lease_ms: int) -> bool:
+        """Become the only LLM run whose events are accepted, unless a live run holds the (short) lease."""
+        return bool(self.redis.set(_keys(execution_id)[3], run, nx=True, px=lease_ms))
+
+    def refresh_run(self, execution_id: str, run: str, lease_ms: int) -> bool:
+        """Keep the lease while streaming; False means another run took over (we were presumed dead)."""
+        return bool(self._refresh(keys=[_keys(execution_id)[3]], args=[run, lease_ms]))
+
+    def current_run(self, execution_id: str) -> str | None:
+        value = self.redis.get(_keys(execution_id)[3])
+        return value.decode() if isinstance(value, bytes) else value
+
+    def end_run(self, execution_id: str) -> None:
+        """Drop the lease once the execution is final."""
+        self.redis.delete(_keys(execution_id)[3])
+
+    def terminal_id(self, execution_id: str) -> int | None:
+        """Id of the terminal event if one was emitted (and has not expired)."""
+        value = self.redis.get(_keys(execution_id)[2])
+        return int(value) if value is not None else None
+
+    def exists(self, execution_id: str) -> bool:
+        return bool(self.redis.exists(stream_key(execution_id)))
+
+    def read_after(self, execution_id: str, after: int, count: int = 1000) -> list[Event]:
+        """Stored events with id > after, oldest first."""
+        entries: Any = self.redis.xrange(stream_key(execution_id), min=f"({after}-0", max="+", count=count)
+        return [_decode(entry_id, fields) for entry_id, fields in entries]
+
+    def wait_after(self, execution_id: str, after: int, block_ms: int) -> list[Event]:
+        """Block up to block_ms for events with id > after (XREAD BLOCK); [] on timeout."""
+        block = max(1, min(block_ms, MAX_BLOCK_MS))
+        answer: Any = self.redis.xread({stream_key(execution_id): f"{after}-0"}, count=1000, block=block)
+        if not answer:
+            return []
+        _key, entries = answer[0]
+        return [_decode(entry_id, fields) for entry_id, fields in entries]
+
+    def request_cancel(self, execution_id: str) -> None:
+        self.redis.set(cancel_key(execution_id), "1", ex=self.retention_s)
+
+    def cancel_requested(self, execution_id: str) -> bool:
+        return bool(self.redis.exists(cancel_key(execution_id)))
+
+    def follow(self, execution_id: str, after: int, block_ms: int) -> Iterator[Event | None]:
+        """Replay then follow live; yields None when block_ms passed with nothing new (time for a heartbeat)."""
+        last = after
+        backlog = self.read_after(execution_id, last)
+        while True:
+            events = backlog or self.wait_after(execution_id, last, block_ms)
+            backlog = []
+            if not events:
+                yield None
+                continue
+            for event in events:
+                last = event.id
+                yield event
+                if event.terminal:
+                    return

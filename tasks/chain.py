@@ -1,0 +1,31 @@
+"""Builds and sends governance -> llm -> persist; called only after the execution's row is committed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from celery import Celery, chain
+from celery.canvas import Signature
+
+from tasks.executions import GOVERNANCE, LLM, PERSIST
+
+
+def build(celery_app: Celery, execution_id: str, task_ids: list[str]) -> Signature:
+    """The chain with ids chosen up front (stored on the execution, so cancel can revoke queued steps)."""
+    ids = task_ids if len(task_ids) == 3 else [None, None, None]
+    return chain(
+        celery_app.signature(GOVERNANCE, args=(execution_id,), immutable=True, options={"task_id": ids[0]}),
+        celery_app.signature(LLM, options={"task_id": ids[1]}),
+        celery_app.signature(PERSIST, options={"task_id": ids[2]}),
+        app=celery_app,
+    )
+
+
+def enqueuer(celery_app: Celery) -> Callable[[str, list[str]], None]:
+    """An Enqueue callable bound to one Celery app (tests run several apps on different vhosts)."""
+
+    def enqueue(execution_id: str, task_ids: list[str]) -> None:
+        # confirm_publish: when apply_async returns, the broker has the message.
+        build(celery_app, execution_id, task_ids).apply_async()
+
+    return enqueue

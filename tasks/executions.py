@@ -1,0 +1,41 @@
+"""The execution chain's tasks: thin wrappers that unpack, call app.services.pipeline and return JSON-safe dicts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import shared_task
+from flask import current_app
+
+from app.services import pipeline, workflows
+
+GOVERNANCE = "executions.governance"
+LLM = "executions.llm"
+PERSIST = "executions.persist"
+
+
+@shared_task(name=GOVERNANCE)
+def governance(execution_id: str) -> dict[str, Any]:
+    """Re-check governance in the worker (the agent may have changed while the execution was queued)."""
+    return pipeline.governance_step(execution_id)
+
+
+@shared_task(name=LLM)
+def llm(previous: dict[str, Any]) -> dict[str, Any]:
+    """Stream the provider's reply into the execution's event log."""
+    return pipeline.llm_step(previous)
+
+
+@shared_task(name=PERSIST)
+def persist(result: dict[str, Any]) -> dict[str, Any]:
+    """Write the final state exactly once and emit the terminal event."""
+    outcome = pipeline.persist_step(result)
+    workflows.reply_for_execution(outcome["execution_id"], enqueue=_enqueue_chain)  # workflow reply (issue 4)
+    return outcome
+
+
+def _enqueue_chain(execution_id: str, task_ids: list[str]) -> None:
+    """Start another execution's chain from a worker (a reply that reaches an auto-reply agent)."""
+    from tasks.chain import enqueuer  # tasks.chain imports this module's task names
+
+    enqueuer(current_app.extensions["celery"])(execution_id, task_ids)

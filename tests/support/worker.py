@@ -1,0 +1,87 @@
+"""A real Celery worker (prefork) as a subprocess of the test session, on the run's RabbitMQ, Redis and PostgreSQL."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CELERY = str(Path(sys.executable).with_name("celery"))
+
+# Fast retries so the transient-failure tests take milliseconds, not seconds.
+TEST_ENV = {"LLM_RETRY_BASE_S": "0.05", "LLM_RETRY_CAP_S": "0.2", "PYTHONUNBUFFERED": "1"}
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the test process dies, so a killed pytest leaves no worker."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class WorkerProcess:
+    """`celery -A wsgi:celery_app worker --pool prefork` in its own process group, logging to a file."""
+
+    def __init__(self, *, database_url: str, broker_url: str, redis_url: str, log_path: Path,
+                 concurrency: int = 2, extra_env: dict[str, str] | None = None,
+                 include: list[str] | None = None) -> None:
+        self.log_path = log_path
+        self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
+        self.env = {
+            **os.environ,
+            **TEST_ENV,
+            "DATABASE_URL": database_url,
+            "BROKER_URL": broker_url,
+            "REDIS_URL": redis_url,
+            **(extra_env or {}),
+        }
+        self.concurrency = concurrency
+        self.include = include or []
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> WorkerProcess:
+        """Start and wait until the worker logs that it is ready (consuming)."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [CELERY, "-A", "wsgi:celery_app", "worker", "--pool", "prefork", "-c", str(self.concurrency),
+             "--loglevel", "INFO", "-n", self.name, "--without-gossip", "--without-mingle", "-Q", "executions",
+             *(["--include", ",".join(self.include)] if self.include else [])],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, safe before exec
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            if " ready." in self.log()[offset:]:
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"worker not ready after {timeout}s:\n{self.log()[-4000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group (main process and pool children), like a machine dying."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Warm shutdown (SIGTERM), then SIGKILL if it does not exit in time."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=10)
