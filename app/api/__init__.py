@@ -7,7 +7,7 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     """Imported here, inside the factory, so no module imports the app at import time."""
-    from app.api import agents, audit, credentials, executions, health, metrics, openapi
+    from app.api import agents, audit, credentials, events, executions, health, messages, metrics, openapi, ui
 
-    for module in (health, openapi, metrics, agents, audit, executions, credentials):
+    for module in (ui, health, openapi, metrics, agents, audit, executions, credentials, messages, events):
         app.register_blueprint(module.bp)
