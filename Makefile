@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: help install services migrate run test test-fast lint bench chaos demo clean
+.PHONY: help install services migrate run test test-fast lint bench chaos demo clean bench-messaging
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -50,3 +50,6 @@ demo: install  ## Against the running stack (make run): stream an execution live
 
 bench-execute: install services  ## Executions/s through the API vs a bare Celery chain, first-delta latency
 	$(PY) -m bench.execute
+
+bench-messaging: install services  ## Confirmed sends/s (single, batch) vs raw pika / aio-pika, send -> readable p50/p99
+	$(PY) -m bench.messaging
