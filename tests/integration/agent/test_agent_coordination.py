@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import amqp
+import httpx
 import pytest
 from flask import Flask
 from sqlalchemy import select
@@ -26,6 +27,7 @@ from coordination import schema
 from coordination.topology import AGENTS_EXCHANGE
 from tests.integration.coordination.test_stalled_broker import StallingProxy
 from tests.support.api import ApiClient, new_workspace_client
+from tests.support.web import WebProcess
 
 ROOT = Path(__file__).resolve().parents[3]
 FLASK = str(Path(sys.executable).with_name("flask"))
@@ -439,3 +441,33 @@ def denied(api: ApiClient) -> list[dict[str, Any]]:
     rows = api.get("/audit", query_string={"action": "message.sent", "limit": 200}).get_json()["items"]
     return [row for row in rows if row["result"] == "denied"]
 
+
+
+# --- under gunicorn's gevent worker ------------------------------------------------------------------------------
+
+
+def test_streams_under_gunicorn_gevent(pg_app: Flask, pg_url: str, broker_url: str, redis_url: str,
+                                       tmp_path: Path) -> None:
+    """Both SSE endpoints follow live over real HTTP while other requests are served (gevent, one worker)."""
+    api = new_workspace_client(pg_app)
+    alice, bob = api.create_agent(), api.create_agent()
+    web = WebProcess(database_url=pg_url, broker_url=broker_url, redis_url=redis_url, log_path=tmp_path / "web.log",
+                     extra_env={"SSE_HEARTBEAT_S": "0.5", "MESSAGE_STREAM_POLL_S": "0.05"}).start()
+    headers = {"Authorization": f"Bearer {api.key}"}
+    try:
+        with httpx.Client(base_url=web.url, headers=headers, timeout=10) as http, \
+                http.stream("GET", f"/agents/{bob['id']}/messages/stream") as inbox_stream, \
+                http.stream("GET", "/events/stream", params={"pattern": "#"}) as event_stream:
+            inbox_lines, event_lines = inbox_stream.iter_lines(), event_stream.iter_lines()
+            assert next(event_lines) == ": subscribed"
+            with httpx.Client(base_url=web.url, headers=headers, timeout=10) as other:
+                sent = other.post(f"/agents/{alice['id']}/messages",
+                                  json={"to_agent_id": bob["id"], "message": "over http"}).json()
+                event_id = other.post("/events", json={"event_type": "web.ping", "data": 1}).json()["event_id"]
+            data = next(line for line in inbox_lines if line.startswith("data: "))
+            assert json.loads(data[6:])["message_id"] == sent["message_id"]
+            assert next(line for line in event_lines if line.startswith("event: ")) == "event: web.ping"
+            assert json.loads(next(event_lines)[6:])["event_id"] == event_id
+            assert next(line for line in event_lines if line.startswith(":")) == ": heartbeat"
+    finally:
+        web.stop()
