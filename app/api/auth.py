@@ -7,7 +7,7 @@ from flask import Flask, current_app, g, request
 from app import logs
 from app.api.errors import ApiError
 from app.api.validation import reject_nul_in_url
-from app.services import auth
+from app.services import auth, rate_limit, streams
 from app.services.auth import Principal
 
 
@@ -32,6 +32,9 @@ def _authenticate() -> None:
         raise ApiError(401, "unauthorized", "invalid API key")
     g.principal = principal
     logs.bind(workspace_id=principal.workspace_id)
+    limit = current_app.config["RATE_LIMIT_PER_MINUTE"]
+    if limit > 0:
+        rate_limit.check(streams.client(current_app.config["REDIS_URL"]), principal.key_id, limit)
 
 
 def current_principal() -> Principal:
