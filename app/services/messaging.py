@@ -178,8 +178,9 @@ def follow(principal: Principal, agent_id: str, *, after: int, poll_s: float) ->
 def dead_letters(principal: Principal, agent_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
     """Dead-lettered messages addressed to one of the workspace's agents, newest first."""
     _check_limit(limit)
-    agent = agents.get(principal, agent_id)
-    rows = list_dead_letters(db.engine, to_agent_id=agent.id, limit=limit)
+    target = agents.get(principal, agent_id).id
+    db.session.commit()  # the listing reads on another connection (SQLite: our open transaction holds the lock)
+    rows = list_dead_letters(db.engine, to_agent_id=target, limit=limit)
     return [
         {key: row[key] for key in ("id", "message_id", "from_agent_id", "to_agent_id", "body", "reason",
                                    "dead_lettered_at")}

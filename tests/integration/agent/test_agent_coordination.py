@@ -243,6 +243,7 @@ def test_tenancy_is_404(api: ApiClient, other_api: ApiClient) -> None:
     assert [(r.status_code, r.get_json()["error"]["code"]) for r in cases] == [(404, "not_found")] * len(cases)
     assert inbox(other_api, theirs["id"]) == []
     assert "message.sent" not in actions(api)
+    assert api.get(f"/agents/{mine['id']}/dead-letters").get_json() == {"items": []}
 
 
 def test_bad_input_is_4xx_and_changes_nothing(api: ApiClient) -> None:
