@@ -1,0 +1,242 @@
+"""Executions per second through the HTTP API (gunicorn + gevent, a real prefork worker) against the floor of a
+bare three-task Celery chain on the same broker and worker in the same run; and first-delta latency.
+
+    .venv/bin/python -m bench.execute [--executions 400] [--clients 16] [--latency-runs 200]
+
+Everything runs on a fresh PostgreSQL database and RabbitMQ vhost (removed afterwards) and Redis DB 13.
+Throughput counts from the first request to the last execution completed; latency is from sending
+POST /agents/{id}/execute (stream true) to reading the first `delta` event, one execution at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from celery import chain
+from flask_migrate import upgrade
+from sqlalchemy import create_engine, text
+
+from app import create_app
+from app.services import auth
+from bench.bare_chain_tasks import DONE_KEY
+from bench.report import percentile, save, table
+from tests.support import services
+from tests.support.worker import ROOT, WorkerProcess
+
+GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def group_cpu_s(pgids: list[int]) -> float:
+    """User + system CPU seconds of every live process in these process groups (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) in pgids:  # fields[2] is pgrp; utime and stime are fields 11 and 12 after the name
+            total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+def bare_chains(celery_app: Any, redis_client: redis.Redis, count: int, clients: int) -> float:
+    """Chains per second: `count` bare chains sent from `clients` threads, until the last one finished."""
+    redis_client.delete(DONE_KEY)
+    sig = [celery_app.signature(name) for name in ("bench.first", "bench.second", "bench.last")]
+
+    def send(index: int) -> None:
+        chain(sig[0].clone(args=(str(index),)), sig[1].clone(), sig[2].clone(), app=celery_app).apply_async()
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(send, range(count)))
+    wait_until(lambda: int(redis_client.get(DONE_KEY) or 0) >= count, 120, "bare chains")
+    return count / (time.perf_counter() - started)
+
+
+def api_executions(base: str, tenants: list[tuple[str, str]], engine: Any, count: int, clients: int) -> float:
+    """Executions per second through POST /execute (stream false), until the last one completed."""
+    with engine.connect() as conn:
+        before = conn.execute(text("SELECT count(*) FROM executions WHERE status = 'completed'")).scalar_one()
+    local = threading.local()
+
+    def send(index: int) -> None:
+        key, agent_id = tenants[index % len(tenants)]
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=base, timeout=30)
+        response = local.client.post(f"/agents/{agent_id}/execute", json={"message": f"bench {index}"},
+                                     headers={"Authorization": f"Bearer {key}"})
+        response.raise_for_status()
+
+    def done() -> bool:
+        with engine.connect() as conn:
+            finished = conn.execute(text("SELECT count(*) FROM executions WHERE status = 'completed'")).scalar_one()
+        return int(finished) - int(before) >= count
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(send, range(count)))
+    wait_until(done, 120, "API executions")
+    return count / (time.perf_counter() - started)
+
+
+def first_delta_latencies(base: str, key: str, agent_id: str, runs: int) -> list[float]:
+    """Milliseconds from sending POST (stream true) to reading the first delta event, sequentially."""
+    samples: list[float] = []
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {key}"}, timeout=30) as client:
+        for index in range(runs):
+            started = time.perf_counter()
+            with client.stream("POST", f"/agents/{agent_id}/execute",
+                               json={"message": f"latency {index}", "stream": True}) as response:
+                lines = response.iter_lines()
+                for line in lines:
+                    if line == "event: delta":
+                        samples.append((time.perf_counter() - started) * 1000)
+                        break
+                for _line in lines:
+                    pass  # drain to the terminal event, so runs do not overlap
+    return samples
+
+
+def make_tenant(base: str, app: Any, name: str) -> tuple[str, str]:
+    """A workspace key and a scripted agent in it."""
+    with app.app_context():
+        _key_row, key = auth.create_key(name)
+    agent = httpx.post(f"{base}/agents", headers={"Authorization": f"Bearer {key}"},
+                       json={"name": "bench", "maturity_level": "AUTONOMOUS",
+                             "llm": {"provider": "scripted", "options": {"text": "one two three four"}}})
+    return key, str(agent.raise_for_status().json()["id"])
+
+
+def run(executions: int, clients: int, latency_runs: int, worker_concurrency: int, rounds: int,
+        workspaces: int) -> dict[str, Any]:
+    token = services.run_token()
+    # Not the tests' Redis DB: a concurrent test session flushes that one. Keys here are per execution.
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+    with (
+        services.postgres_database(f"bench_{token}") as database_url,
+        services.rabbitmq_vhost(f"bench_{token}") as broker_url,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        env = {"DATABASE_URL": database_url, "BROKER_URL": broker_url, "REDIS_URL": redis_url}
+        os.environ.update(env)
+        app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "BROKER_URL": broker_url, "REDIS_URL": redis_url})
+        with app.app_context():
+            upgrade(directory=str(ROOT / "migrations"))
+        worker = WorkerProcess(database_url=database_url, broker_url=broker_url, redis_url=redis_url,
+                               log_path=Path(tmp) / "worker.log", concurrency=worker_concurrency,
+                               include=["bench.bare_chain_tasks"]).start()
+        port = free_port()
+        web = subprocess.Popen(
+            [GUNICORN, "--worker-class", "gevent", "--workers", "2", "--worker-connections", "2000",
+             "--bind", f"127.0.0.1:{port}", "--log-level", "warning", "wsgi:app"],
+            cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: _up(base), 30, "gunicorn")
+            tenants = [make_tenant(base, app, f"bench-{index}") for index in range(workspaces)]
+            key, agent_id = tenants[0]
+            engine = create_engine(database_url)
+            redis_client = redis.Redis.from_url(redis_url)
+            celery_app = app.extensions["celery"]
+            # Warm up both paths (connections, pools, imports) before measuring.
+            bare_chains(celery_app, redis_client, 50, clients)
+            api_executions(base, tenants, engine, 50, clients)
+            rows = []
+            assert worker.process is not None
+            pgids = [worker.process.pid, web.pid]
+            for index in range(rounds):
+                cpu = group_cpu_s(pgids)
+                bare = bare_chains(celery_app, redis_client, executions, clients)
+                bare_cpu = group_cpu_s(pgids) - cpu
+                web_cpu = group_cpu_s([web.pid])
+                api = api_executions(base, tenants, engine, executions, clients)
+                api_cpu = group_cpu_s(pgids) - cpu - bare_cpu
+                web_cpu = group_cpu_s([web.pid]) - web_cpu
+                rows.append({"round": index + 1, "bare_chains_per_s": bare, "api_executions_per_s": api,
+                             "ratio": api / bare, "bare_cpu_ms_each": bare_cpu * 1000 / executions,
+                             "api_cpu_ms_each": api_cpu * 1000 / executions,
+                             "of_which_web_ms": web_cpu * 1000 / executions})
+            latencies = first_delta_latencies(base, key, agent_id, latency_runs)
+        finally:
+            web.terminate()
+            web.wait(timeout=20)
+            worker.stop()
+    best = max(rows, key=lambda row: row["ratio"])
+    median_row = sorted(rows, key=lambda row: row["ratio"])[len(rows) // 2]
+    return {
+        "rows": rows,
+        "ratio_median": median_row["ratio"],
+        "ratio_best": best["ratio"],
+        "first_delta_ms": {"p50": percentile(latencies, 50), "p99": percentile(latencies, 99),
+                           "min": min(latencies), "max": max(latencies), "runs": len(latencies)},
+        "setup": {"executions_per_round": executions, "client_threads": clients,
+                  "worker": f"prefork -c {worker_concurrency}", "workspaces": workspaces, "web": "gunicorn gevent x2",
+                  "provider": "scripted, no delay, 4 words"},
+    }
+
+
+def _up(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--executions", type=int, default=400)
+    parser.add_argument("--clients", type=int, default=16)
+    parser.add_argument("--latency-runs", type=int, default=200)
+    parser.add_argument("--worker-concurrency", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workspaces", type=int, default=1,
+                        help="spread executions over N workspaces (audit chains are serialized per workspace)")
+    args = parser.parse_args()
+    result = run(args.executions, args.clients, args.latency_runs, args.worker_concurrency, args.rounds,
+                 args.workspaces)
+    print(table(result["rows"], ["round", "bare_chains_per_s", "api_executions_per_s", "ratio",
+                                 "bare_cpu_ms_each", "api_cpu_ms_each", "of_which_web_ms"]))
+    print("(cpu: worker + gunicorn processes only; PostgreSQL, RabbitMQ and Redis not counted)")
+    latency = result["first_delta_ms"]
+    print(f"\nratio (median of rounds): {result['ratio_median']:.2f}   target >= 0.5")
+    print(f"first delta: p50 {latency['p50']:.1f} ms, p99 {latency['p99']:.1f} ms "
+          f"(min {latency['min']:.1f}, max {latency['max']:.1f}, n={latency['runs']})   target p50 < 50 ms")
+    bars = {"bare chain": result["rows"][-1]["bare_chains_per_s"], "API": result["rows"][-1]["api_executions_per_s"]}
+    print(f"\nwritten: {save('execute', result, bars, ylabel='per second')}")
+
+
+if __name__ == "__main__":
+    main()
