@@ -96,7 +96,8 @@ def _echo_request_id(response: Response) -> Response:
 
 def register_logging(app: Flask) -> None:
     """JSON logs for every process that builds the app (web, worker, mailbox, CLI)."""
-    if app.config.get("LOG_FORMAT", os.environ.get("LOG_FORMAT", "json")) == "json":
+    # Under TESTING the test runner owns the root logger (pytest's caplog); the JSON formatter is unit-tested.
+    if not app.config.get("TESTING") and app.config.get("LOG_FORMAT", os.environ.get("LOG_FORMAT", "json")) == "json":
         configure_logging()
     app.before_request(_start_request)
     app.after_request(_echo_request_id)

@@ -43,8 +43,16 @@ def row_digest(
 
 
 def _lock_chain_head(conn: Session | Connection, workspace_id: str) -> str:
-    """Serialize appends per workspace (row lock on PostgreSQL; SQLite writers are already serialized)."""
-    conn.execute(select(Workspace.id).where(Workspace.id == workspace_id).with_for_update()).scalar_one()
+    """Lock the workspace row, then read the chain's last hash with a snapshot taken after the lock.
+
+    FOR NO KEY UPDATE serializes appenders per workspace without conflicting with the KEY SHARE locks that
+    foreign keys take (FOR UPDATE would deadlock two transactions that each inserted a row first). The read
+    must be a second statement: under READ COMMITTED a subquery in the locking statement would still use the
+    snapshot from before the wait and fork the chain. SQLite ignores the clause; BEGIN IMMEDIATE serializes it.
+    """
+    conn.execute(
+        select(Workspace.id).where(Workspace.id == workspace_id).with_for_update(key_share=True)
+    ).scalar_one()
     last = conn.execute(
         select(AuditLog.hash)
         .where(AuditLog.workspace_id == workspace_id)
