@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: help install services migrate run test test-fast lint bench chaos demo clean bench-messaging
+.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -35,7 +35,10 @@ run: install services migrate  ## Install, migrate, and start web, worker, mailb
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/instance/prometheus \
 		$(VENV)/bin/honcho start -p $(PORT)
 
-test: install services  ## Unit, integration (real PostgreSQL, RabbitMQ, Redis, SQLite) and property tests
+browser:  ## Install Debian's chromium for the status-page test, if missing
+	bash scripts/ensure_browser.sh
+
+test: install services browser  ## Unit, integration (real PostgreSQL, RabbitMQ, Redis, SQLite) and property tests
 	$(VENV)/bin/pytest
 
 lint: install  ## ruff and mypy
