@@ -46,7 +46,7 @@ def test_page_streams_an_execution_live(web: WebProcess, wapi: ApiClient) -> Non
         # Mid-stream: some words are on the page before the execution has finished.
         partial = browser.wait_for(
             "(() => { const t = document.getElementById('output').textContent;"
-            " return t.length > 0 && t.length < %d && t; })()" % len(STORY), timeout=30)
+            f" return t.length > 0 && t.length < {len(STORY)} && t; }})()", timeout=30)
         assert STORY.startswith(partial)
         browser.wait_for("document.getElementById('status').textContent === 'completed'", timeout=30)
         assert browser.evaluate("document.getElementById('output').textContent") == STORY
