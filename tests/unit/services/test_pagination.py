@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 from app.services.errors import ValidationFailed
 from app.services.pagination import decode_cursor, encode_cursor, parse_limit
 
-
 TEXT = st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=20)
 
 
