@@ -218,7 +218,7 @@ def other_api(pg_app: Flask) -> ApiClient:
 
 
 @EXAMPLES
-@given(max_hops=st.integers(min_value=0, max_value=5), auto=st.tuples(st.booleans(), st.booleans()),
+@given(max_hops=st.integers(min_value=0, max_value=4), auto=st.tuples(st.booleans(), st.booleans()),
        execute=st.booleans())
 def test_workflow_termination_within_max_hops(api: ApiClient, max_hops: int, auto: tuple[bool, bool],
                                               execute: bool) -> None:
@@ -331,6 +331,6 @@ def test_interleaved_sends_reads_and_consumer_restarts(api: ApiClient) -> None:
     InboxMachine.api = api
     run_state_machine_as_test(
         InboxMachine,
-        settings=settings(max_examples=50, stateful_step_count=10, deadline=None,
+        settings=settings(max_examples=50, stateful_step_count=8, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow]),
     )
