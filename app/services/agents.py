@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from app.extensions import db
 from app.models import Agent
 from app.services import audit, events, inboxes
 from app.services.auth import Principal
-from app.services.errors import NotFound, ValidationFailed
-from app.services.pagination import decode_cursor, encode_cursor
-from app.timeutil import as_utc, iso, utcnow
+from app.services.errors import NotFound
+from app.services.pagination import newest_first
+from app.timeutil import iso, utcnow
 
 
 def serialize(agent: Agent) -> dict[str, Any]:
@@ -93,25 +92,5 @@ def delete(principal: Principal, agent_id: str) -> None:
 def list_agents(principal: Principal, *, limit: int, cursor: str | None) -> tuple[list[dict[str, Any]], str | None]:
     """Newest first, keyset-paginated by (created_at, id)."""
     query = select(Agent).where(Agent.workspace_id == principal.workspace_id, Agent.deleted_at.is_(None))
-    position = decode_cursor(cursor)
-    if position is not None:
-        created_raw, last_id = position.get("c"), position.get("i")
-        if not isinstance(created_raw, str) or not isinstance(last_id, str):
-            raise ValidationFailed("invalid cursor", {"cursor": cursor})
-        try:
-            created = as_utc(datetime.fromisoformat(created_raw.replace("Z", "+00:00")))
-        except (ValueError, OverflowError) as exc:
-            raise ValidationFailed("invalid cursor", {"cursor": cursor}) from exc
-        query = query.where(
-            or_(Agent.created_at < created, and_(Agent.created_at == created, Agent.id < last_id))
-        )
-    rows = (
-        db.session.execute(query.order_by(Agent.created_at.desc(), Agent.id.desc()).limit(limit + 1))
-        .scalars()
-        .all()
-    )
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        next_cursor = encode_cursor({"c": iso(last.created_at), "i": last.id})
-    return [serialize(agent) for agent in rows[:limit]], next_cursor
+    rows, next_cursor = newest_first(query, Agent, limit=limit, cursor=cursor)
+    return [serialize(agent) for agent in rows], next_cursor

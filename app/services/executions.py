@@ -6,11 +6,10 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -23,9 +22,9 @@ from app.services import agents, audit, credentials, governance
 from app.services.auth import Principal
 from app.services.errors import Conflict, GovernanceDenied, NotFound, Unavailable, ValidationFailed
 from app.services.idempotency import request_hash
-from app.services.pagination import decode_cursor, encode_cursor
+from app.services.pagination import newest_first
 from app.services.streams import EventLog, client
-from app.timeutil import as_utc, iso, utcnow
+from app.timeutil import iso, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -474,23 +473,5 @@ def list_for_agent(
                                     Execution.agent_id == agent_id)
     if status:
         query = query.where(Execution.status == status)
-    position = decode_cursor(cursor)
-    if position is not None:
-        try:
-            created = as_utc(datetime.fromisoformat(str(position.get("c", "")).replace("Z", "+00:00")))
-        except ValueError as exc:
-            raise ValidationFailed("invalid cursor", {"cursor": cursor}) from exc
-        last_id = str(position.get("i", ""))
-        query = query.where(
-            or_(Execution.created_at < created, and_(Execution.created_at == created, Execution.id < last_id))
-        )
-    rows = (
-        db.session.execute(query.order_by(Execution.created_at.desc(), Execution.id.desc()).limit(limit + 1))
-        .scalars()
-        .all()
-    )
-    next_cursor = None
-    if len(rows) > limit:
-        last = rows[limit - 1]
-        next_cursor = encode_cursor({"c": iso(last.created_at), "i": last.id})
-    return [serialize(row) for row in rows[:limit]], next_cursor
+    rows, next_cursor = newest_first(query, Execution, limit=limit, cursor=cursor)
+    return [serialize(row) for row in rows], next_cursor
