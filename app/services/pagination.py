@@ -33,7 +33,7 @@ def decode_cursor(cursor: str | None) -> dict[str, Any] | None:
         value = json.loads(raw)
     except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ValidationFailed("invalid cursor", {"cursor": cursor}) from exc
-    if not isinstance(value, dict) or "\\u0000" in raw or "\x00" in raw:
+    if not isinstance(value, dict) or any("\x00" in str(item) for pair in value.items() for item in pair):
         raise ValidationFailed("invalid cursor", {"cursor": cursor})
     return value
 
