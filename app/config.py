@@ -39,6 +39,7 @@ def from_environment() -> dict[str, Any]:
         "MESSAGE_STREAM_POLL_S": _float("MESSAGE_STREAM_POLL_S", 0.5),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 1024 * 1024),
         "RATE_LIMIT_PER_MINUTE": _int("RATE_LIMIT_PER_MINUTE", 0),
+        "AUTH_CACHE_TTL_S": _float("AUTH_CACHE_TTL_S", 30.0),
         "SSE_HEARTBEAT_S": _float("SSE_HEARTBEAT_S", 15.0),
         "STREAM_RETENTION_S": _int("STREAM_RETENTION_S", 48 * 3600),
         "READINESS_TIMEOUT_S": _float("READINESS_TIMEOUT_S", 2.0),

@@ -22,8 +22,13 @@ def second(token: str) -> str:
     return token
 
 
+_redis: list[redis.Redis] = []
+
+
 @shared_task(name="bench.last")
 def last(token: str) -> str:
-    """Step three: count the finished chain, so the bench can see it end."""
-    redis.Redis.from_url(os.environ["REDIS_URL"]).incr(DONE_KEY)
+    """Step three: count the finished chain, so the bench can see it end (one Redis client per process)."""
+    if not _redis:
+        _redis.append(redis.Redis.from_url(os.environ["REDIS_URL"]))
+    _redis[0].incr(DONE_KEY)
     return token

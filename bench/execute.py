@@ -31,6 +31,7 @@ from sqlalchemy import create_engine, text
 from app import create_app
 from app.services import auth
 from bench.bare_chain_tasks import DONE_KEY
+from bench.profile import recording
 from bench.report import percentile, save, table
 from tests.support import services
 from tests.support.worker import ROOT, WorkerProcess
@@ -139,7 +140,7 @@ def make_tenant(base: str, app: Any, name: str) -> tuple[str, str]:
 
 
 def run(executions: int, clients: int, latency_runs: int, worker_concurrency: int, rounds: int,
-        workspaces: int) -> dict[str, Any]:
+        workspaces: int, profile_dir: Path | None = None) -> dict[str, Any]:
     token = services.run_token()
     # Not the tests' Redis DB: a concurrent test session flushes that one. Keys here are per execution.
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -178,11 +179,15 @@ def run(executions: int, clients: int, latency_runs: int, worker_concurrency: in
             assert worker.process is not None
             pgids = [worker.process.pid, web.pid]
             for index in range(rounds):
+                profiled = profile_dir is not None and index == rounds - 1  # the last round only
                 cpu = group_cpu_s(pgids)
-                bare = bare_chains(celery_app, redis_client, executions, clients)
+                with recording(worker.process.pid, profile_dir / "worker-bare.txt" if profiled else None):
+                    bare = bare_chains(celery_app, redis_client, executions, clients)
                 bare_cpu = group_cpu_s(pgids) - cpu
                 web_cpu = group_cpu_s([web.pid])
-                api = api_executions(base, tenants, engine, executions, clients)
+                with (recording(worker.process.pid, profile_dir / "worker-api.txt" if profiled else None),
+                      recording(web.pid, profile_dir / "web-api.txt" if profiled else None)):
+                    api = api_executions(base, tenants, engine, executions, clients)
                 api_cpu = group_cpu_s(pgids) - cpu - bare_cpu
                 web_cpu = group_cpu_s([web.pid]) - web_cpu
                 rows.append({"round": index + 1, "bare_chains_per_s": bare, "api_executions_per_s": api,
@@ -224,9 +229,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workspaces", type=int, default=1,
                         help="spread executions over N workspaces (audit chains are serialized per workspace)")
+    parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
+                        help="py-spy record the worker and gunicorn during the last round into DIR (raw stacks; "
+                             "summarize with python -m bench.profile); CPU figures of that round include py-spy's pauses")
     args = parser.parse_args()
     result = run(args.executions, args.clients, args.latency_runs, args.worker_concurrency, args.rounds,
-                 args.workspaces)
+                 args.workspaces, args.profile)
     print(table(result["rows"], ["round", "bare_chains_per_s", "api_executions_per_s", "ratio",
                                  "bare_cpu_ms_each", "api_cpu_ms_each", "of_which_web_ms"]))
     print("(cpu: worker + gunicorn processes only; PostgreSQL, RabbitMQ and Redis not counted)")

@@ -143,6 +143,43 @@ def record_on(
     conn.execute(insert(AuditLog.__table__).values(**values))
 
 
+def record_many(entries: list[dict[str, Any]], conn: Session | Connection | None = None) -> None:
+    """Append several rows of ONE workspace's chain in the current transaction: the chain head is locked and read
+    once and the rows go in as one executemany INSERT (Core, no ORM flush), in list order.
+
+    Call it as the last statement before COMMIT: the workspace lock is held from here to the end of the
+    transaction, and every appender of the workspace waits for it. Each entry takes record()'s keywords
+    (workspace_id, actor, action, result="ok", agent_id, execution_id, details).
+    """
+    if not entries:
+        return
+    target = conn if conn is not None else db.session()
+    workspace_id = entries[0]["workspace_id"]
+    if any(entry["workspace_id"] != workspace_id for entry in entries):
+        raise ValueError("record_many appends to one workspace's chain")
+    for entry in entries:
+        if entry.get("result", "ok") not in RESULTS:
+            raise ValueError(f"unknown audit result {entry.get('result')!r}")
+    prev_hash = _lock_chain_head(target, workspace_id)
+    at = utcnow()
+    rows = []
+    for entry in entries:
+        fields: dict[str, Any] = {
+            "at": at,
+            "workspace_id": workspace_id,
+            "actor": entry["actor"],
+            "agent_id": entry.get("agent_id"),
+            "execution_id": entry.get("execution_id"),
+            "action": entry["action"],
+            "result": entry.get("result", "ok"),
+            "details": json.loads(json.dumps(entry.get("details") or {}, default=str)),
+        }
+        digest = row_digest(prev_hash=prev_hash, **fields)
+        rows.append({**fields, "prev_hash": prev_hash, "hash": digest})
+        prev_hash = digest
+    target.execute(insert(AuditLog.__table__), rows)
+
+
 def serialize(row: AuditLog) -> dict[str, Any]:
     return {
         "id": row.id,

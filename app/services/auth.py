@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 
+from flask import current_app
 from sqlalchemy import select
 
 from app.extensions import db
@@ -54,10 +57,39 @@ def create_key(workspace_name: str, actor: str = "cli") -> tuple[ApiKey, str]:
     return key, raw_key
 
 
+# Principals of recently seen keys, per process: (database URL, key hash) -> (principal, expires at).
+# Keys cannot be revoked through the API today; should revoked_at be set by hand, a process keeps accepting
+# the key for at most AUTH_CACHE_TTL_S (0 disables the cache). Unknown keys are never cached.
+_cache: dict[tuple[str, str], tuple[Principal, float]] = {}
+_cache_lock = threading.Lock()
+_CACHE_MAX = 10_000
+
+
 def authenticate(raw_key: str) -> Principal | None:
+    """The key's principal: from the per-process cache (AUTH_CACHE_TTL_S), else one SELECT."""
+    digest = hash_key(raw_key)
+    ttl = float(current_app.config.get("AUTH_CACHE_TTL_S", 0))
+    cache_key = (str(current_app.config.get("SQLALCHEMY_DATABASE_URI")), digest)
+    now = time.monotonic()
+    if ttl > 0:
+        hit = _cache.get(cache_key)
+        if hit is not None and hit[1] > now:
+            return hit[0]
     key = db.session.execute(
-        select(ApiKey).where(ApiKey.key_hash == hash_key(raw_key), ApiKey.revoked_at.is_(None))
+        select(ApiKey).where(ApiKey.key_hash == digest, ApiKey.revoked_at.is_(None))
     ).scalar_one_or_none()
     if key is None:
         return None
-    return Principal(workspace_id=key.workspace_id, key_id=key.id, actor=f"key:{key.prefix}")
+    principal = Principal(workspace_id=key.workspace_id, key_id=key.id, actor=f"key:{key.prefix}")
+    if ttl > 0:
+        with _cache_lock:
+            if len(_cache) >= _CACHE_MAX:
+                _cache.clear()
+            _cache[cache_key] = (principal, now + ttl)
+    return principal
+
+
+def forget_cached_keys() -> None:
+    """Drop every cached principal (tests; or after revoking a key by hand)."""
+    with _cache_lock:
+        _cache.clear()

@@ -206,25 +206,6 @@ def request(
     }[decision.outcome]
     execution_id = new_id()
     task_ids = [str(uuid.uuid4()) for _ in STEP_NAMES] if status is ExecutionStatus.PENDING else None
-    # Audit first: it locks the workspace row before the insert's foreign-key share lock could deadlock it.
-    audit.record(
-        workspace_id=principal.workspace_id,
-        actor=principal.actor,
-        agent_id=agent.id,
-        execution_id=execution_id,
-        action="execution.requested",
-        details={"action": body.action, "timeout_s": body.timeout_s, "stream": body.stream,
-                 "idempotency_key": idempotency_key},
-    )
-    audit.record(
-        workspace_id=principal.workspace_id,
-        actor=principal.actor,
-        agent_id=agent.id,
-        execution_id=execution_id,
-        action=f"governance.{decision.outcome}",
-        result="denied" if decision.outcome == "denied" else "ok",
-        details=decision.as_dict(),
-    )
     now = utcnow()
     execution = Execution(
         id=execution_id,
@@ -247,8 +228,23 @@ def request(
         execution.error_code = "governance_denied"
         execution.error_message = decision.reason
         execution.finished_at = now
+    # The row answers the client after commit: keep it loaded instead of a SELECT to refresh it.
+    db.session().expire_on_commit = False
     db.session.add(execution)
     try:
+        # Insert first (its foreign keys take KEY SHARE locks, which FOR NO KEY UPDATE does not conflict with),
+        # then the audit rows, which lock the workspace's chain head until COMMIT: the lock is held for the
+        # fewest round trips possible, since every appender of the workspace waits for it.
+        db.session.flush()
+        audit.record_many([
+            {"workspace_id": principal.workspace_id, "actor": principal.actor, "agent_id": agent.id,
+             "execution_id": execution_id, "action": "execution.requested",
+             "details": {"action": body.action, "timeout_s": body.timeout_s, "stream": body.stream,
+                         "idempotency_key": idempotency_key}},
+            {"workspace_id": principal.workspace_id, "actor": principal.actor, "agent_id": agent.id,
+             "execution_id": execution_id, "action": f"governance.{decision.outcome}",
+             "result": "denied" if decision.outcome == "denied" else "ok", "details": decision.as_dict()},
+        ])
         db.session.commit()
     except IntegrityError:
         db.session.rollback()
@@ -335,16 +331,11 @@ def transition(
         db.session.rollback()
         db.session.refresh(execution)
         return False
-    for action, outcome, details in audit_rows:
-        audit.record(
-            workspace_id=execution.workspace_id,
-            actor=actor,
-            agent_id=execution.agent_id,
-            execution_id=execution.id,
-            action=action,
-            result=outcome,
-            details=details,
-        )
+    audit.record_many([
+        {"workspace_id": execution.workspace_id, "actor": actor, "agent_id": execution.agent_id,
+         "execution_id": execution.id, "action": action, "result": outcome, "details": details}
+        for action, outcome, details in audit_rows
+    ])
     db.session.commit()
     if db.session().expire_on_commit:
         db.session.refresh(execution)

@@ -18,7 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import func, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm.attributes import set_committed_value
 
 from app.extensions import db
@@ -100,11 +100,15 @@ def _load(execution_id: str) -> Execution | None:
 def governance_step(execution_id: str) -> dict[str, Any]:
     """Re-check governance in the worker: maturity or status may have changed while the execution was queued."""
     started = iso(utcnow())
-    execution = _load(execution_id)
+    db.session().expire_on_commit = False
+    # The execution and its agent in one round trip.
+    found = db.session.execute(
+        select(Execution, Agent).outerjoin(Agent, Agent.id == Execution.agent_id).where(Execution.id == execution_id)
+    ).one_or_none()
+    execution, agent = (found[0], found[1]) if found is not None else (None, None)
     if execution is None or execution.status != ExecutionStatus.PENDING:
         db.session.rollback()
         return skipped(execution_id, f"status {execution.status if execution else 'missing'}")
-    agent = db.session.get(Agent, execution.agent_id)
     agent_status = "deleted" if agent is None or agent.deleted_at is not None else agent.status
     decision = governance.decide(
         maturity_level=agent.maturity_level if agent else "STUDENT", action=execution.action, agent_status=agent_status
@@ -226,13 +230,11 @@ def _mark_running(execution: Execution, steps: list[dict[str, Any]]) -> int | No
     for name, value in (("status", ExecutionStatus.RUNNING.value), ("attempts", attempt),
                         ("started_at", row.started_at), ("steps", steps)):
         set_committed_value(execution, name, value)
-    if attempt == 1:
-        audit.record(workspace_id=execution.workspace_id, actor=ACTOR, agent_id=execution.agent_id,
-                     execution_id=execution.id, action="llm.started", details={"attempt": 1})
-    else:
-        audit.record(workspace_id=execution.workspace_id, actor=ACTOR, agent_id=execution.agent_id,
-                     execution_id=execution.id, action="llm.retried",
-                     details={"attempt": attempt, "reason": "restarted after a lost worker"})
+    details: dict[str, Any] = {"attempt": 1} if attempt == 1 else {
+        "attempt": attempt, "reason": "restarted after a lost worker"}
+    audit.record_many([{"workspace_id": execution.workspace_id, "actor": ACTOR, "agent_id": execution.agent_id,
+                        "execution_id": execution.id, "action": "llm.started" if attempt == 1 else "llm.retried",
+                        "details": details}])
     db.session.commit()
     return attempt
 
