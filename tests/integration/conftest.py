@@ -1,4 +1,4 @@
-"""Execution tests share PostgreSQL, RabbitMQ and Redis with a real prefork Celery worker started once per session."""
+"""Integration tests that need a real prefork Celery worker share one per session, on PostgreSQL, RabbitMQ and Redis."""
 
 from __future__ import annotations
 
