@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 TERMINAL_EVENTS = frozenset({"completed", "failed", "cancelled", "timed_out", "denied"})
 EVENT_TYPES = frozenset({"status", "delta", "reset"}) | TERMINAL_EVENTS
@@ -39,6 +41,7 @@ return 0
 """
 
 MAX_BLOCK_MS = 30_000
+RECONNECT_TRIES = 8  # 0.05, 0.1, 0.2, 0.4, then 0.5 s: about 2.75 s of retrying before an error surfaces
 REFUSED_TERMINAL = -1
 REFUSED_FENCED = -2
 
@@ -85,6 +88,9 @@ def client(url: str) -> redis.Redis:
                 socket_timeout=MAX_BLOCK_MS / 1000 + 30,  # above any XREAD BLOCK (redis-py's default is 5 s)
                 socket_keepalive=True,
                 health_check_interval=30,
+                # Ride out a Redis restart (~1 s) instead of failing in-flight executions: redis-py's default
+                # (10 tries, jittered backoff from 10 ms) gave up after ~0.4 s (tests/chaos/test_redis_restart.py).
+                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RECONNECT_TRIES),
             )
             _clients[key] = found
         return found
