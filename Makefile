@@ -39,7 +39,10 @@ browser:  ## Install Debian's chromium for the status-page test, if missing
 	bash scripts/ensure_browser.sh
 
 test: install services browser  ## Unit, integration (real PostgreSQL, RabbitMQ, Redis, SQLite) and property tests
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -m "not slow"
+
+chaos: install services  ## Fault injection, quick and long runs (worker/mailbox kills, broker/Redis restarts, DB cut, poison)
+	$(VENV)/bin/pytest tests/chaos -s -m "slow or not slow"
 
 lint: install  ## ruff and mypy
 	$(VENV)/bin/ruff check .
