@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -69,3 +70,15 @@ def restore_celery_default() -> Iterator[None]:
     yield
     if previous is not None:
         previous.set_default()
+
+
+@pytest.fixture(autouse=True)
+def quiet_expected_warnings() -> Iterator[None]:
+    """Faults make the app log a warning per refused request; with -s they would bury the counts."""
+    loggers = [logging.getLogger(name) for name in ("app", "coordination")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    yield
+    for logger, level in zip(loggers, levels, strict=True):
+        logger.setLevel(level)

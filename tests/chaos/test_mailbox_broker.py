@@ -85,6 +85,8 @@ def test_mailbox_kill_and_broker_restart_during_sends(total: int, rabbit_node: R
                     time.sleep(RETRY_PAUSE_S)
             for thread in restarts:
                 thread.join(120)
+            # Creating an agent after the restart must work at the first try (pooled connections were stale).
+            late_agent = api.post("/agents", json={"name": "after-restart", "maturity_level": "STUDENT"}).status_code
             if mailbox.process is None or mailbox.process.poll() is not None:
                 mailbox.start()
             wait_for(lambda: sum(len(stored_ids(engine, r)) for r in receivers) >= total
@@ -116,11 +118,12 @@ def test_mailbox_kill_and_broker_restart_during_sends(total: int, rabbit_node: R
         "stored_audit_rows": audited,
         "audit_mismatch": abs(audited - len(set(all_stored))),
         "slowest_send_s": round(slowest, 2),
+        "agent_create_after_restart_failed": int(late_agent != 201),
         "mailbox_exit": mailbox_exit,
         "responses": dict(responses),
     }
     report(f"mailbox-broker-{total}", counts,
-           ["unconfirmed_without_error", "lost", "duplicated", "out_of_order", "unexpected", "audit_mismatch",
-            "mailbox_exit"])
+           ["unconfirmed_without_error", "agent_create_after_restart_failed", "lost", "duplicated", "out_of_order",
+            "unexpected", "audit_mismatch", "mailbox_exit"])
     assert counts["confirmed"] == total and counts["stored"] == total
     assert counts["unconfirmed_with_error"] > 0, "the broker restart did not hit any send"
