@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging
+.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging bench-execute bench-sse bench-summary
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -53,6 +53,19 @@ clean:  ## Remove the virtualenv and local SQLite data
 
 demo: install  ## Against the running stack (make run): stream an execution live, message, audit trail
 	$(PY) scripts/demo.py
+
+bench: install services  ## Every benchmark (execute, messaging, sse_streams, agents_scale), then one summary table
+	$(PY) -m bench.execute
+	$(PY) -m bench.messaging
+	$(PY) -m bench.sse_streams
+	$(PY) -m bench.agents_scale --sizes 100,1000,10000
+	$(PY) -m bench.summary
+
+bench-summary:  ## The summary table of the last results under bench/results/
+	$(PY) -m bench.summary
+
+bench-sse: install services  ## Live SSE streams held by one gunicorn gevent process: 100, 500, 1,000; p99 delivery lag
+	$(PY) -m bench.sse_streams
 
 bench-execute: install services  ## Executions/s through the API vs a bare Celery chain, first-delta latency
 	$(PY) -m bench.execute

@@ -231,7 +231,7 @@ def main() -> None:
                         help="spread executions over N workspaces (audit chains are serialized per workspace)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy record the worker and gunicorn during the last round into DIR (raw stacks; "
-                             "summarize with python -m bench.profile); CPU figures of that round include py-spy's pauses")
+                             "summarize with python -m bench.profile); its CPU includes py-spy's pauses")
     args = parser.parse_args()
     result = run(args.executions, args.clients, args.latency_runs, args.worker_concurrency, args.rounds,
                  args.workspaces, args.profile)

@@ -13,8 +13,8 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +20,23 @@ EVENT_TYPES = frozenset({"status", "delta", "reset"}) | TERMINAL_EVENTS
 # Appends atomically: refuses anything after the terminal event (so a redelivered step cannot emit a second
 # one) and anything from an LLM run that lost its lease (a zombie of a killed worker); numbers events 1, 2, 3.
 # Also reports the cancel flag, so the LLM step learns of a cancel with each chunk at no extra round trip.
-# KEYS: stream, seq counter, terminal marker, the lease naming the current run, cancel flag.
-# ARGV: event, data, terminal?, run, maxlen, ttl. Expiry is set on the first and the terminal event.
+# KEYS: stream, seq counter, terminal marker, the lease naming the current run, cancel flag, last emit.
+# ARGV: event, data, terminal?, run, maxlen, ttl, emit token. Expiry is set on the first and the terminal event.
+# Idempotent per emit token: when Redis dies after running the script but before its reply arrives, the
+# client's retry (same token) gets the id already appended instead of appending the event a second time
+# (a repeated delta found by tests/chaos/test_redis_restart.py).
 _EMIT_LUA = """
 local cancel = redis.call('EXISTS', KEYS[5])
+local last = redis.call('GET', KEYS[6])
+if last then
+  local sep = string.find(last, ':', 1, true)
+  if string.sub(last, 1, sep - 1) == ARGV[7] then return {tonumber(string.sub(last, sep + 1)), cancel} end
+end
 if redis.call('EXISTS', KEYS[3]) == 1 then return {-1, cancel} end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {-2, cancel} end
 local n = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], n .. '-0', 'event', ARGV[1], 'data', ARGV[2])
+redis.call('SET', KEYS[6], ARGV[7] .. ':' .. n, 'EX', ARGV[6])
 if ARGV[3] == '1' then redis.call('SET', KEYS[3], n) end
 if n == 1 or ARGV[3] == '1' then
   for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
@@ -41,6 +51,9 @@ return 0
 """
 
 MAX_BLOCK_MS = 30_000
+# Every live SSE follower holds one connection in a blocking XREAD, so the pool must be larger than the
+# streams one web process holds (redis-py 8 defaults to 100, which turned the 101st stream into a 503).
+MAX_CONNECTIONS = int(os.environ.get("REDIS_MAX_CONNECTIONS", "5000"))
 RECONNECT_TRIES = 8  # 0.05, 0.1, 0.2, 0.4, then 0.5 s: about 2.75 s of retrying before an error surfaces
 REFUSED_TERMINAL = -1
 REFUSED_FENCED = -2
@@ -65,7 +78,8 @@ def stream_key(execution_id: str) -> str:
 
 def _keys(execution_id: str) -> list[str]:
     prefix = f"exec:{execution_id}"
-    return [f"{prefix}:events", f"{prefix}:seq", f"{prefix}:terminal", f"{prefix}:run", f"{prefix}:cancel"]
+    return [f"{prefix}:events", f"{prefix}:seq", f"{prefix}:terminal", f"{prefix}:run", f"{prefix}:cancel",
+            f"{prefix}:last_emit"]
 
 
 def cancel_key(execution_id: str) -> str:
@@ -88,6 +102,7 @@ def client(url: str) -> redis.Redis:
                 socket_timeout=MAX_BLOCK_MS / 1000 + 30,  # above any XREAD BLOCK (redis-py's default is 5 s)
                 socket_keepalive=True,
                 health_check_interval=30,
+                max_connections=MAX_CONNECTIONS,
                 # Ride out a Redis restart (~1 s) instead of failing in-flight executions: redis-py's default
                 # (10 tries, jittered backoff from 10 ms) gave up after ~0.4 s (tests/chaos/test_redis_restart.py).
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RECONNECT_TRIES),
@@ -130,7 +145,7 @@ class EventLog:
         payload = json.dumps(data, separators=(",", ":"), default=str)
         event_id, cancelled = self._emit(
             keys=_keys(execution_id),
-            args=[event, payload, terminal, run, self.max_events, self.retention_s],
+            args=[event, payload, terminal, run, self.max_events, self.retention_s, uuid.uuid4().hex],
         )
         return int(event_id), bool(cancelled)
 

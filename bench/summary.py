@@ -1,0 +1,60 @@
+"""One table over bench/results/*.json: each benchmark's ratio against its floor (or its target figure)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bench.report import RESULTS, table
+
+
+def _load(name: str) -> dict[str, Any] | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def rows() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    execute = _load("execute")
+    if execute:
+        last = execute["rows"][-1]
+        out.append({"benchmark": "1 execute: API exec/s / bare chain/s", "figure": execute["ratio_median"],
+                    "target": ">= 0.8", "met": execute["ratio_median"] >= 0.8,
+                    "detail": f"api {last['api_executions_per_s']:.1f}/s vs bare {last['bare_chains_per_s']:.1f}/s; "
+                              f"cpu {last['api_cpu_ms_each']:.0f} vs {last['bare_cpu_ms_each']:.0f} ms"})
+        latency = execute["first_delta_ms"]
+        out.append({"benchmark": "1 execute: first delta p50 (ms)", "figure": latency["p50"], "target": "< 50",
+                    "met": latency["p50"] < 50, "detail": f"p99 {latency['p99']:.1f} ms, n={latency['runs']}"})
+    messaging = _load("messaging")
+    if messaging:
+        out.append({"benchmark": "2 messaging: single / raw pika", "figure": messaging["single_ratio"],
+                    "target": ">= 0.9", "met": messaging["single_ratio"] >= 0.9, "detail": ""})
+        out.append({"benchmark": "2 messaging: batch / pipelined raw", "figure": messaging["batch_ratio"],
+                    "target": ">= 0.5", "met": messaging["batch_ratio"] >= 0.5,
+                    "detail": "send->readable p50/p99 "
+                              + ", ".join(f"{k} {v['p50']:.0f}/{v['p99']:.0f} ms"
+                                          for k, v in messaging.get("latency_ms", {}).items())})
+    sse = _load("sse_streams")
+    if sse:
+        for row in sse["rows"]:
+            ok = row["lost"] == 0 and row["out_of_order_streams"] == 0
+            out.append({"benchmark": f"3 sse: {row['streams']} streams p99 lag (ms)", "figure": row["lag_p99_ms"],
+                        "target": "< 200 (1000)", "met": ok and (row["streams"] < 1000 or row["lag_p99_ms"] < 200),
+                        "detail": f"lost {row['lost']}, {row['rate_per_stream']:g} deltas/s each, "
+                                  f"{row['web_cpu_us_per_delta']:.0f} us web cpu/delta"})
+    scale = _load("agents_scale")
+    if scale:
+        for row in scale["rows"]:
+            out.append({"benchmark": f"4 agents: {row['agents']} agents send rate / 100", "figure": row["send_ratio"],
+                        "target": "-", "met": "",
+                        "detail": f"declare {row['declare_s']:.1f} s, {row['sends_per_s']:.0f} sends/s, "
+                                  f"broker {row['broker_mem_mb']:.0f} MB"})
+    return out
+
+
+def main() -> None:
+    print(table(rows(), ["benchmark", "figure", "target", "met", "detail"]))
+
+
+if __name__ == "__main__":
+    main()
