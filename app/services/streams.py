@@ -51,6 +51,9 @@ return 0
 """
 
 MAX_BLOCK_MS = 30_000
+# Every live SSE follower holds one connection in a blocking XREAD, so the pool must be larger than the
+# streams one web process holds (redis-py 8 defaults to 100, which turned the 101st stream into a 503).
+MAX_CONNECTIONS = int(os.environ.get("REDIS_MAX_CONNECTIONS", "5000"))
 RECONNECT_TRIES = 8  # 0.05, 0.1, 0.2, 0.4, then 0.5 s: about 2.75 s of retrying before an error surfaces
 REFUSED_TERMINAL = -1
 REFUSED_FENCED = -2
@@ -99,6 +102,7 @@ def client(url: str) -> redis.Redis:
                 socket_timeout=MAX_BLOCK_MS / 1000 + 30,  # above any XREAD BLOCK (redis-py's default is 5 s)
                 socket_keepalive=True,
                 health_check_interval=30,
+                max_connections=MAX_CONNECTIONS,
                 # Ride out a Redis restart (~1 s) instead of failing in-flight executions: redis-py's default
                 # (10 tries, jittered backoff from 10 ms) gave up after ~0.4 s (tests/chaos/test_redis_restart.py).
                 retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RECONNECT_TRIES),
