@@ -145,9 +145,7 @@ def one_size(app: Any, base_port: int, web_pid: int, key: str, workspace_id: str
         events = event_log()
         pipe = events.redis.pipeline(transaction=False)
         for eid in execution_ids:
-            events._emit(keys=[f"exec:{eid}:{k}" for k in ("events", "seq", "terminal", "run", "cancel")],
-                         args=["status", json.dumps({"execution_id": eid, "status": "running"}), "0", "", 100000,
-                               3600], client=pipe)
+            events.emit_on(pipe, eid, "status", {"execution_id": eid, "status": "running"})
         pipe.execute()
 
     ids_file, out_file = tmp / f"ids-{size}.json", tmp / f"out-{size}.json"
@@ -180,9 +178,7 @@ def one_size(app: Any, base_port: int, web_pid: int, key: str, workspace_id: str
             for start in range(0, size, batch):
                 pipe = events.redis.pipeline(transaction=False)
                 for eid in execution_ids[start:start + batch]:
-                    payload = json.dumps({"text": f"w{seq} ", "seq": seq, "t": time.time()})
-                    events._emit(keys=[f"exec:{eid}:{k}" for k in ("events", "seq", "terminal", "run", "cancel")],
-                                 args=["delta", payload, "0", "", 100000, 3600], client=pipe)
+                    events.emit_on(pipe, eid, "delta", {"text": f"w{seq} ", "seq": seq, "t": time.time()})
                 pipe.execute()
                 tick += gap * batch
                 pause = tick - time.perf_counter()

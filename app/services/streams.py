@@ -139,15 +139,19 @@ class EventLog:
         self, execution_id: str, event: str, data: dict[str, Any], *, run: str = ""
     ) -> tuple[int, bool]:
         """emit(), also answering whether a cancel was requested."""
+        event_id, cancelled = self._emit(keys=_keys(execution_id), args=self._emit_args(event, data, run))
+        return int(event_id), bool(cancelled)
+
+    def emit_on(self, pipe: Any, execution_id: str, event: str, data: dict[str, Any], *, run: str = "") -> None:
+        """Queue the same append on a redis-py pipeline (benches: many emits in one round trip)."""
+        self._emit(keys=_keys(execution_id), args=self._emit_args(event, data, run), client=pipe)
+
+    def _emit_args(self, event: str, data: dict[str, Any], run: str) -> list[Any]:
         if event not in EVENT_TYPES:
             raise ValueError(f"unknown event type {event!r}")
         terminal = "1" if event in TERMINAL_EVENTS else "0"
         payload = json.dumps(data, separators=(",", ":"), default=str)
-        event_id, cancelled = self._emit(
-            keys=_keys(execution_id),
-            args=[event, payload, terminal, run, self.max_events, self.retention_s, uuid.uuid4().hex],
-        )
-        return int(event_id), bool(cancelled)
+        return [event, payload, terminal, run, self.max_events, self.retention_s, uuid.uuid4().hex]
 
     def claim_run(self, execution_id: str, run: str, lease_ms: int) -> bool:
         """Become the only LLM run whose events are accepted, unless a live run holds the (short) lease."""
