@@ -84,9 +84,12 @@ def configure_logging(level: str | None = None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _start_request() -> None:
+def _start_request(_endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """A fresh context per request (Flask runs this first); lines name the execution or agent in the URL."""
     clear()
     bind(request_id=request.headers.get("X-Request-Id") or uuid.uuid4().hex)
+    if values:
+        bind(execution_id=values.get("execution_id"), agent_id=values.get("agent_id"))
 
 
 def _echo_request_id(response: Response) -> Response:
@@ -99,5 +102,5 @@ def register_logging(app: Flask) -> None:
     # Under TESTING the test runner owns the root logger (pytest's caplog); the JSON formatter is unit-tested.
     if not app.config.get("TESTING") and app.config.get("LOG_FORMAT", os.environ.get("LOG_FORMAT", "json")) == "json":
         configure_logging()
-    app.before_request(_start_request)
+    app.url_value_preprocessor(_start_request)
     app.after_request(_echo_request_id)

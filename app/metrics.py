@@ -29,7 +29,6 @@ SLOW = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 HTTP_REQUESTS = Counter("http_requests_total", "HTTP requests", ["method", "endpoint", "status"])
 HTTP_LATENCY = Histogram("http_request_seconds", "HTTP request latency", ["endpoint"], buckets=FAST)
-EXECUTIONS_FINISHED = Counter("executions_finished_total", "Executions that reached a final status", ["status"])
 STEP_SECONDS = Histogram("execution_step_seconds", "Duration of each chain step", ["step"], buckets=SLOW)
 LLM_FIRST_DELTA = Histogram("llm_first_delta_seconds", "Time to the first streamed delta", ["provider"],
                             buckets=FAST)

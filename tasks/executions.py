@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from celery import shared_task
 from flask import current_app
 
+from app.logs import log_context
+from app.metrics import STEP_SECONDS
 from app.services import pipeline, workflows
 
 GOVERNANCE = "executions.governance"
@@ -17,21 +21,31 @@ PERSIST = "executions.persist"
 @shared_task(name=GOVERNANCE)
 def governance(execution_id: str) -> dict[str, Any]:
     """Re-check governance in the worker (the agent may have changed while the execution was queued)."""
-    return pipeline.governance_step(execution_id)
+    with _step("governance", execution_id):
+        return pipeline.governance_step(execution_id)
 
 
 @shared_task(name=LLM)
 def llm(previous: dict[str, Any]) -> dict[str, Any]:
     """Stream the provider's reply into the execution's event log."""
-    return pipeline.llm_step(previous)
+    with _step("llm", previous.get("execution_id")):
+        return pipeline.llm_step(previous)
 
 
 @shared_task(name=PERSIST)
 def persist(result: dict[str, Any]) -> dict[str, Any]:
     """Write the final state exactly once and emit the terminal event."""
-    outcome = pipeline.persist_step(result)
-    workflows.reply_for_execution(outcome["execution_id"], enqueue=_enqueue_chain)  # workflow reply (issue 4)
-    return outcome
+    with _step("persist", result.get("execution_id")):
+        outcome = pipeline.persist_step(result)
+        workflows.reply_for_execution(outcome["execution_id"], enqueue=_enqueue_chain)  # workflow reply (issue 4)
+        return outcome
+
+
+@contextmanager
+def _step(name: str, execution_id: str | None) -> Iterator[None]:
+    """Every log line of the step names its execution; its duration feeds execution_step_seconds."""
+    with log_context(execution_id=execution_id), STEP_SECONDS.labels(name).time():
+        yield
 
 
 def _enqueue_chain(execution_id: str, task_ids: list[str]) -> None:

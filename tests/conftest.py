@@ -39,8 +39,8 @@ def broker_url(run_token: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    with services.redis_database() as url:
+def redis_url(run_token: str) -> Iterator[str]:
+    with services.redis_database(run_token) as url:
         yield url
 
 

@@ -34,6 +34,7 @@ from app.llm import (
     get_provider,
 )
 from app.llm.stopping import wait_or_stop
+from app.metrics import LLM_FIRST_DELTA, LLM_SECONDS, LLM_TOKENS
 from app.models import Agent, Execution, ExecutionStatus
 from app.services import audit, credentials, governance
 from app.services.backoff import retry_delay
@@ -358,13 +359,26 @@ def _stream_once(provider: Provider, run: _Run, parts: list[str], *, options: di
                  system_prompt: str | None, message: str, attempt: int) -> dict[str, int]:
     """One provider attempt: each delta goes to the event log as it arrives."""
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
-    for item in provider.stream(system_prompt=system_prompt, message=message, model=model, options=options,
-                                should_stop=run.should_stop, attempt=attempt):
-        if isinstance(item, Delta):
-            run.emit("delta", {"text": item.text})
-            parts.append(item.text)
-        elif isinstance(item, Usage):
-            usage = {"prompt_tokens": item.prompt_tokens, "completion_tokens": item.completion_tokens}
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        for item in provider.stream(system_prompt=system_prompt, message=message, model=model, options=options,
+                                    should_stop=run.should_stop, attempt=attempt):
+            if isinstance(item, Delta):
+                if not parts:
+                    LLM_FIRST_DELTA.labels(provider.name).observe(time.perf_counter() - started)
+                run.emit("delta", {"text": item.text})
+                parts.append(item.text)
+            elif isinstance(item, Usage):
+                usage = {"prompt_tokens": item.prompt_tokens, "completion_tokens": item.completion_tokens}
+        outcome = "completed"
+    except Stopped:
+        outcome = "stopped"
+        raise
+    finally:
+        LLM_SECONDS.labels(provider.name, outcome).observe(time.perf_counter() - started)
+    for kind, count in usage.items():
+        LLM_TOKENS.labels(provider.name, kind.removesuffix("_tokens")).inc(count)
     return usage
 
 

@@ -67,9 +67,21 @@ def rabbitmq_vhost(token: str) -> Iterator[str]:
 
 
 @contextmanager
-def redis_database() -> Iterator[str]:
-    """Use a dedicated Redis DB number, flushed before and after the run."""
-    url = f"{REDIS_BASE}/{REDIS_DB}"
+def redis_database(token: str | None = None) -> Iterator[str]:
+    """Claim a Redis DB number of its own for this run (a lease in DB 0), flushed before and after.
+
+    Parallel test sessions on one machine each get a different DB, so one never flushes another's streams.
+    """
+    token = token or run_token()
+    claims = redis.Redis.from_url(f"{REDIS_BASE}/0")
+    number = None
+    for candidate in [REDIS_DB, *(n for n in range(1, 16) if n != REDIS_DB)]:
+        if claims.set(f"agentrt:test-db:{candidate}", token, nx=True, ex=3 * 3600):
+            number = candidate
+            break
+    if number is None:
+        raise RuntimeError("every Redis test DB (1-15) is claimed by another running session")
+    url = f"{REDIS_BASE}/{number}"
     client = redis.Redis.from_url(url)
     client.flushdb()
     try:
@@ -77,3 +89,6 @@ def redis_database() -> Iterator[str]:
     finally:
         client.flushdb()
         client.close()
+        if claims.get(f"agentrt:test-db:{number}") == token.encode():
+            claims.delete(f"agentrt:test-db:{number}")
+        claims.close()

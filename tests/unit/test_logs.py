@@ -37,3 +37,23 @@ def test_secrets_are_scrubbed() -> None:
     assert provider_key not in str(line)
     assert "z" * 30 not in str(line)
     assert scrub("nothing secret") == "nothing secret"
+
+
+def test_request_lines_name_the_execution_in_the_url() -> None:
+    from flask import Flask
+
+    from app.logs import _context, register_logging
+
+    app = Flask(__name__)
+    register_logging(app)
+    seen: dict[str, str] = {}
+
+    @app.get("/executions/<execution_id>")
+    def view(execution_id: str) -> str:
+        seen.update(_context.get())
+        return "ok"
+
+    response = app.test_client().get("/executions/e-42", headers={"X-Request-Id": "r-1"})
+    assert response.headers["X-Request-Id"] == "r-1"
+    assert seen["execution_id"] == "e-42"
+    assert seen["request_id"] == "r-1"
