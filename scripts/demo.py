@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -32,7 +34,7 @@ def api_key() -> str:
 
 def sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
     """Parse server-sent events as they arrive."""
-    event, data = "message", []
+    event, data = "message", list[str]()
     for line in response.iter_lines():
         if line.startswith(":"):
             continue
@@ -44,6 +46,49 @@ def sse(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
             event = line[6:].strip()
         elif line.startswith("data:"):
             data.append(line[5:].strip())
+
+
+class LiveText:
+    """Deltas printed as they arrive, under a progress line kept up to date (redrawn in place on a terminal)."""
+
+    def __init__(self) -> None:
+        self.text = ""
+        self.deltas = 0
+        self.started = time.perf_counter()
+        self.first_ms: float | None = None
+        self.tty = sys.stdout.isatty()
+        print(self._progress("waiting for the first delta"))
+
+    def _progress(self, state: str) -> str:
+        first = f", first after {self.first_ms:.0f} ms" if self.first_ms is not None else ""
+        return f"[{state}: {self.deltas} deltas, {time.perf_counter() - self.started:.2f}s{first}]"
+
+    def _rows(self) -> int:
+        """Terminal rows the text covers, so the cursor can climb back to the progress line."""
+        width = max(1, shutil.get_terminal_size().columns)
+        return sum(max(1, math.ceil(len(line) / width)) for line in self.text.split("\n"))
+
+    def _redraw(self, state: str) -> None:
+        if self.tty:  # save cursor, climb to the progress line, rewrite it, come back
+            sys.stdout.write(f"\0337\033[{self._rows()}A\r\033[2K{self._progress(state)}\0338")
+        sys.stdout.flush()
+
+    def delta(self, text: str) -> None:
+        self.deltas += 1
+        if self.first_ms is None:
+            self.first_ms = (time.perf_counter() - self.started) * 1000
+        self.text += text
+        sys.stdout.write(text)
+        self._redraw("streaming")
+
+    def reset(self, attempt: int) -> None:
+        self.text += f"\n[retry, attempt {attempt}]\n"
+        sys.stdout.write(f"\n[retry, attempt {attempt}]\n")
+        self._redraw("streaming")
+
+    def finish(self, outcome: str) -> None:
+        self._redraw(outcome)
+        print(f"\n\n{self._progress(outcome)}")
 
 
 def main() -> int:
@@ -58,25 +103,18 @@ def main() -> int:
     print(f"agents: {writer['name']} ({writer['id']}), {reader['name']} ({reader['id']})\n")
 
     print("execute storyteller with stream=true:\n")
-    started = time.perf_counter()
-    deltas = 0
-    first_at = None
+    live = LiveText()
     with client.stream("POST", f"/agents/{writer['id']}/execute",
                        json={"message": "Tell the story", "stream": True}) as response:
         response.raise_for_status()
         execution_id = response.headers.get("X-Execution-Id")
         for name, data in sse(response):
             if name == "delta":
-                deltas += 1
-                first_at = first_at or time.perf_counter()
-                sys.stdout.write(data["text"])
-                sys.stdout.flush()
+                live.delta(data["text"])
             elif name == "reset":
-                sys.stdout.write(f"\n[retry, attempt {data['attempt']}]\n")
+                live.reset(data["attempt"])
             elif name != "status":
-                elapsed = time.perf_counter() - started
-                print(f"\n\n[{name}] {deltas} deltas in {elapsed:.2f}s, first after "
-                      f"{((first_at or started) - started) * 1000:.0f} ms")
+                live.finish(name)
     execution = client.get(f"/executions/{execution_id}").json()
     print(f"execution {execution_id}: {execution['status']}, usage {execution['usage']}, "
           f"steps {[s['name'] + ':' + s['status'] for s in execution['steps']]}\n")
