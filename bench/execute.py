@@ -61,12 +61,49 @@ def group_cpu_s(pgids: list[int]) -> float:
     return total / ticks
 
 
+SERVICES = {"beam.smp": "rabbitmq", "redis-server": "redis"}
+
+
+def cpu_by_role(roles: dict[str, int], database: str) -> dict[str, float]:
+    """CPU seconds so far by role: our process groups (worker, web), this bench process, the PostgreSQL backends
+    of this run's database, RabbitMQ and Redis (shared), and everything else on the box (other sessions)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    by_pgid = {pgid: role for role, pgid in roles.items()}
+    totals: dict[str, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            head, _, rest = (entry / "stat").read_text().rpartition(")")
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = rest.split()
+        name = head.split("(", 1)[1]
+        if int(entry.name) == os.getpid():
+            role = "bench client"
+        elif int(fields[2]) in by_pgid:
+            role = by_pgid[int(fields[2])]
+        elif name == "postgres" or command.startswith("postgres:"):
+            role = "postgres (this run)" if database in command else "other"
+        else:
+            role = SERVICES.get(name, "other")
+        totals[role] = totals.get(role, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return totals
+
+
+def cpu_per_item(before: dict[str, float], after: dict[str, float], count: int) -> dict[str, float]:
+    """Milliseconds of CPU per item by role ("other" loses processes that exited in between)."""
+    spent = {role: (after[role] - before.get(role, 0.0)) * 1000 / count for role in after}
+    return {role: round(value, 2) for role, value in sorted(spent.items(), key=lambda kv: -kv[1]) if value > 0}
+
+
 def wait_until(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():
             return
-        time.sleep(0.005)
+        time.sleep(0.01)  # the API side polls PostgreSQL: keep the poll itself out of the measurement
     raise RuntimeError(f"timed out waiting for {what}")
 
 
@@ -107,8 +144,11 @@ def api_executions(base: str, tenants: list[tuple[str, str]], engine: Any, count
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(send, range(count)))
+    posted = time.perf_counter() - started
     wait_until(done, 120, "API executions")
-    return count / (time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    print(f"  API: {count} POSTs answered after {posted:.2f}s, all completed after {elapsed:.2f}s", flush=True)
+    return count / elapsed
 
 
 def first_delta_latencies(base: str, key: str, agent_id: str, runs: int) -> list[float]:
@@ -178,22 +218,31 @@ def run(executions: int, clients: int, latency_runs: int, worker_concurrency: in
             rows = []
             assert worker.process is not None
             pgids = [worker.process.pid, web.pid]
+            roles = {"worker": worker.process.pid, "web": web.pid}
+            database = database_url.rsplit("/", 1)[1]
             for index in range(rounds):
                 profiled = profile_dir is not None and index == rounds - 1  # the last round only
                 cpu = group_cpu_s(pgids)
+                box = cpu_by_role(roles, database)
                 with recording(worker.process.pid, profile_dir / "worker-bare.txt" if profiled else None):
                     bare = bare_chains(celery_app, redis_client, executions, clients)
                 bare_cpu = group_cpu_s(pgids) - cpu
+                box_bare = cpu_by_role(roles, database)
                 web_cpu = group_cpu_s([web.pid])
                 with (recording(worker.process.pid, profile_dir / "worker-api.txt" if profiled else None),
                       recording(web.pid, profile_dir / "web-api.txt" if profiled else None)):
                     api = api_executions(base, tenants, engine, executions, clients)
                 api_cpu = group_cpu_s(pgids) - cpu - bare_cpu
                 web_cpu = group_cpu_s([web.pid]) - web_cpu
+                box_api = cpu_by_role(roles, database)
+                bare_box, api_box = cpu_per_item(box, box_bare, executions), cpu_per_item(box_bare, box_api, executions)
+                print(f"  round {index + 1} cpu ms per bare chain: {bare_box}\n"
+                      f"  round {index + 1} cpu ms per API execution: {api_box}", flush=True)
                 rows.append({"round": index + 1, "bare_chains_per_s": bare, "api_executions_per_s": api,
                              "ratio": api / bare, "bare_cpu_ms_each": bare_cpu * 1000 / executions,
                              "api_cpu_ms_each": api_cpu * 1000 / executions,
-                             "of_which_web_ms": web_cpu * 1000 / executions})
+                             "of_which_web_ms": web_cpu * 1000 / executions,
+                             "bare_cpu_by_role_ms": bare_box, "api_cpu_by_role_ms": api_box})
             latencies = first_delta_latencies(base, key, agent_id, latency_runs)
         finally:
             web.terminate()

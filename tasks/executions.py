@@ -37,7 +37,8 @@ def persist(result: dict[str, Any]) -> dict[str, Any]:
     """Write the final state exactly once and emit the terminal event."""
     with _step("persist", result.get("execution_id")):
         outcome = pipeline.persist_step(result)
-        workflows.reply_for_execution(outcome["execution_id"], enqueue=_enqueue_chain)  # workflow reply (issue 4)
+        if outcome.get("reply"):  # the execution answers an agent's message: send the reply (workflows)
+            workflows.reply_for_execution(outcome["execution_id"], enqueue=_enqueue_chain)
         return outcome
 
 

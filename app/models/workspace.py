@@ -18,6 +18,8 @@ class Workspace(db.Model):  # type: ignore[name-defined,misc]
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
     name: Mapped[str] = mapped_column(String(100), unique=True, nullable=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
+    # Hash of the newest audit row of this workspace's chain, kept by a trigger on audit_log (migration 0002).
+    audit_head: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ApiKey(db.Model):  # type: ignore[name-defined,misc]

@@ -43,23 +43,18 @@ def row_digest(
 
 
 def _lock_chain_head(conn: Session | Connection, workspace_id: str) -> str:
-    """Lock the workspace row, then read the chain's last hash with a snapshot taken after the lock.
+    """Lock the workspace row and read its chain head (the newest audit row's hash) in one statement.
 
     FOR NO KEY UPDATE serializes appenders per workspace without conflicting with the KEY SHARE locks that
-    foreign keys take (FOR UPDATE would deadlock two transactions that each inserted a row first). The read
-    must be a second statement: under READ COMMITTED a subquery in the locking statement would still use the
-    snapshot from before the wait and fork the chain. SQLite ignores the clause; BEGIN IMMEDIATE serializes it.
+    foreign keys take (FOR UPDATE would deadlock two transactions that each inserted a row first). Under READ
+    COMMITTED a row locked after a wait is returned in its newest committed version, so the head read here is
+    the one the previous appender committed; a trigger on audit_log (migration 0002) moves it on every insert.
+    SQLite ignores the clause; its single writer serializes appenders.
     """
-    conn.execute(
-        select(Workspace.id).where(Workspace.id == workspace_id).with_for_update(key_share=True)
-    ).scalar_one()
-    last = conn.execute(
-        select(AuditLog.hash)
-        .where(AuditLog.workspace_id == workspace_id)
-        .order_by(AuditLog.id.desc())
-        .limit(1)
-    ).scalar_one_or_none()
-    return last or GENESIS_HASH
+    head = conn.execute(
+        select(Workspace.audit_head).where(Workspace.id == workspace_id).with_for_update(key_share=True)
+    ).one()[0]
+    return head or GENESIS_HASH
 
 
 def _chained_values(

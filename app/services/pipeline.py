@@ -14,12 +14,11 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
 from sqlalchemy import func, select, update
-from sqlalchemy.orm.attributes import set_committed_value
 
 from app.extensions import db
 from app.llm import (
@@ -38,7 +37,7 @@ from app.metrics import LLM_FIRST_DELTA, LLM_SECONDS, LLM_TOKENS
 from app.models import Agent, Execution, ExecutionStatus
 from app.services import audit, credentials, governance
 from app.services.backoff import retry_delay
-from app.services.executions import emit_terminal, event_log, finalize, is_terminal, transition
+from app.services.executions import emit_terminal, event_log, finalize, is_terminal, terminal_event, transition
 from app.services.streams import EventLog
 from app.timeutil import as_utc, iso, utcnow
 
@@ -49,6 +48,7 @@ LEASE_MS = 5000
 REFRESH_EVERY_S = 1.0
 CLAIM_POLL_S = 0.1
 CANCEL_POLL_S = 0.01  # between emits (waits, hangs); every emit reports the flag anyway
+EXECUTIONS = Execution.__table__  # the hot path uses Core statements: no ORM flush or identity map per step
 OUTCOME_AUDIT: dict[str, list[tuple[str, str]]] = {
     "completed": [("llm.completed", "ok"), ("execution.completed", "ok")],
     "failed": [("llm.failed", "error"), ("execution.failed", "error")],
@@ -101,22 +101,24 @@ def _load(execution_id: str) -> Execution | None:
 def governance_step(execution_id: str) -> dict[str, Any]:
     """Re-check governance in the worker: maturity or status may have changed while the execution was queued."""
     started = iso(utcnow())
-    db.session().expire_on_commit = False
-    # The execution and its agent in one round trip.
+    # The execution and its agent in one round trip, as plain columns (no ORM objects on the allowed path).
     found = db.session.execute(
-        select(Execution, Agent).outerjoin(Agent, Agent.id == Execution.agent_id).where(Execution.id == execution_id)
+        select(Execution.status, Execution.action, Execution.governance, Agent.id.label("agent_id"),
+               Agent.status.label("agent_status"), Agent.deleted_at, Agent.maturity_level, Agent.llm,
+               Agent.system_prompt)
+        .select_from(Execution).outerjoin(Agent, Agent.id == Execution.agent_id).where(Execution.id == execution_id)
     ).one_or_none()
-    execution, agent = (found[0], found[1]) if found is not None else (None, None)
-    if execution is None or execution.status != ExecutionStatus.PENDING:
-        db.session.rollback()
-        return skipped(execution_id, f"status {execution.status if execution else 'missing'}")
-    agent_status = "deleted" if agent is None or agent.deleted_at is not None else agent.status
+    db.session.rollback()  # read only: hold no transaction (or connection) from here on
+    if found is None or found.status != ExecutionStatus.PENDING:
+        return skipped(execution_id, f"status {found.status if found else 'missing'}")
+    agent_status = "deleted" if found.agent_id is None or found.deleted_at is not None else found.agent_status
     decision = governance.decide(
-        maturity_level=agent.maturity_level if agent else "STUDENT", action=execution.action, agent_status=agent_status
+        maturity_level=found.maturity_level or "STUDENT", action=found.action, agent_status=agent_status
     )
-    approved = bool((execution.governance or {}).get("approved_by"))
+    approved = bool((found.governance or {}).get("approved_by"))
     if decision.outcome == "denied":
-        ended = finalize(
+        execution = _load(execution_id)
+        ended = execution is not None and finalize(
             execution,
             status=ExecutionStatus.DENIED,
             actor=ACTOR,
@@ -125,11 +127,12 @@ def governance_step(execution_id: str) -> dict[str, Any]:
                     "steps": [_step("governance", "denied", started)]},
             audit_rows=[("governance.denied", "denied", {**decision.as_dict(), "checked_by": ACTOR})],
         )
-        if ended:
+        if ended and execution is not None:
             emit_terminal(execution)
         return skipped(execution_id, "denied")
     if decision.outcome == "approval_required" and not approved:
-        moved = transition(
+        execution = _load(execution_id)
+        moved = execution is not None and transition(
             execution,
             status=ExecutionStatus.AWAITING_APPROVAL,
             actor=ACTOR,
@@ -137,14 +140,13 @@ def governance_step(execution_id: str) -> dict[str, Any]:
             audit_rows=[("governance.approval_required", "ok", {**decision.as_dict(), "checked_by": ACTOR})],
         )
         if moved:
-            event_log().emit(execution_id, "status", {"execution_id": execution_id, "status": execution.status})
+            event_log().emit(execution_id, "status",
+                             {"execution_id": execution_id, "status": ExecutionStatus.AWAITING_APPROVAL.value})
         return skipped(execution_id, "awaiting_approval")
-    assert agent is not None
-    db.session.rollback()
     return {
         "execution_id": execution_id,
         "steps": [_step("governance", "completed", started)],
-        "agent": {"llm": agent.llm or {}, "system_prompt": agent.system_prompt},
+        "agent": {"llm": found.llm or {}, "system_prompt": found.system_prompt},
     }
 
 
@@ -153,6 +155,19 @@ def governance_step(execution_id: str) -> dict[str, Any]:
 
 class _Lost(Exception):  # noqa: N818 - control flow
     """Another run owns the execution now, or it already ended: stop without writing anything."""
+
+
+@dataclass(frozen=True)
+class Running:
+    """What the LLM step needs of its execution, as returned by the UPDATE that marked it running."""
+
+    id: str
+    workspace_id: str
+    agent_id: str
+    message: str
+    timeout_s: int
+    started_at: datetime
+    attempts: int
 
 
 @dataclass
@@ -201,63 +216,65 @@ class _Run:
         return event_id
 
 
-def _claim(events: EventLog, execution: Execution, token: str) -> bool:
+def _claim(events: EventLog, execution_id: str, token: str) -> bool:
     """Take the lease; while a live run holds it, wait (a duplicate delivery), unless the execution ends."""
-    give_up = time.monotonic() + execution.timeout_s + 60
-    while not events.claim_run(execution.id, token, LEASE_MS):
+    give_up: float | None = None
+    while not events.claim_run(execution_id, token, LEASE_MS):
+        found = db.session.execute(
+            select(Execution.status, Execution.timeout_s).where(Execution.id == execution_id)
+        ).one_or_none()
         db.session.rollback()
-        db.session.refresh(execution)
-        if is_terminal(execution.status) or time.monotonic() > give_up:
+        if found is None or is_terminal(found.status):
+            return False
+        give_up = give_up or time.monotonic() + found.timeout_s + 60
+        if time.monotonic() > give_up:
             return False
         time.sleep(CLAIM_POLL_S)
     return True
 
 
-def _mark_running(execution: Execution, steps: list[dict[str, Any]]) -> int | None:
-    """pending|running -> running, attempts + 1; audit llm.started once, llm.retried on a restart."""
+def _mark_running(execution_id: str, steps: list[dict[str, Any]]) -> Running | None:
+    """pending|running -> running, attempts + 1, in one UPDATE that returns what the step needs; audit
+    llm.started once, llm.retried on a restart. None if the execution is not pending or running."""
     row = db.session.execute(
-        update(Execution)
-        .where(Execution.id == execution.id,
-               Execution.status.in_([ExecutionStatus.PENDING.value, ExecutionStatus.RUNNING.value]))
-        .values(status=ExecutionStatus.RUNNING.value, attempts=Execution.attempts + 1,
-                started_at=func.coalesce(Execution.started_at, utcnow()), steps=steps)
-        .returning(Execution.attempts, Execution.started_at)
-        .execution_options(synchronize_session=False)
+        update(EXECUTIONS)
+        .where(EXECUTIONS.c.id == execution_id,
+               EXECUTIONS.c.status.in_([ExecutionStatus.PENDING.value, ExecutionStatus.RUNNING.value]))
+        .values(status=ExecutionStatus.RUNNING.value, attempts=EXECUTIONS.c.attempts + 1,
+                started_at=func.coalesce(EXECUTIONS.c.started_at, utcnow()), steps=steps)
+        .returning(EXECUTIONS.c.workspace_id, EXECUTIONS.c.agent_id, EXECUTIONS.c.message, EXECUTIONS.c.timeout_s,
+                   EXECUTIONS.c.started_at, EXECUTIONS.c.attempts)
     ).one_or_none()
     if row is None:
         db.session.rollback()
         return None
-    attempt = int(row.attempts)
-    for name, value in (("status", ExecutionStatus.RUNNING.value), ("attempts", attempt),
-                        ("started_at", row.started_at), ("steps", steps)):
-        set_committed_value(execution, name, value)
-    details: dict[str, Any] = {"attempt": 1} if attempt == 1 else {
-        "attempt": attempt, "reason": "restarted after a lost worker"}
-    audit.record_many([{"workspace_id": execution.workspace_id, "actor": ACTOR, "agent_id": execution.agent_id,
-                        "execution_id": execution.id, "action": "llm.started" if attempt == 1 else "llm.retried",
-                        "details": details}])
+    running = Running(execution_id, row.workspace_id, row.agent_id, row.message, int(row.timeout_s),
+                      row.started_at, int(row.attempts))
+    details: dict[str, Any] = {"attempt": 1} if running.attempts == 1 else {
+        "attempt": running.attempts, "reason": "restarted after a lost worker"}
+    audit.record_many([{"workspace_id": running.workspace_id, "actor": ACTOR, "agent_id": running.agent_id,
+                        "execution_id": execution_id,
+                        "action": "llm.started" if running.attempts == 1 else "llm.retried", "details": details}])
     db.session.commit()
-    return attempt
+    return running
 
 
-def _next_attempt(execution: Execution, error: ProviderError, delay_s: float) -> int:
+def _next_attempt(execution: Running, error: ProviderError, delay_s: float) -> int:
     """Count the retry in the row and audit it, before its `reset` event goes out."""
     attempt = int(db.session.execute(
-        update(Execution).where(Execution.id == execution.id)
-        .values(attempts=Execution.attempts + 1).returning(Execution.attempts)
-        .execution_options(synchronize_session=False)
+        update(EXECUTIONS).where(EXECUTIONS.c.id == execution.id)
+        .values(attempts=EXECUTIONS.c.attempts + 1).returning(EXECUTIONS.c.attempts)
     ).scalar_one())
-    set_committed_value(execution, "attempts", attempt)
-    audit.record(workspace_id=execution.workspace_id, actor=ACTOR, agent_id=execution.agent_id,
-                 execution_id=execution.id, action="llm.retried",
-                 details={"attempt": attempt, "code": error.code, "message": error.message,
-                          "delay_s": round(delay_s, 3)})
+    audit.record_many([{"workspace_id": execution.workspace_id, "actor": ACTOR, "agent_id": execution.agent_id,
+                        "execution_id": execution.id, "action": "llm.retried",
+                        "details": {"attempt": attempt, "code": error.code, "message": error.message,
+                                    "delay_s": round(delay_s, 3)}}])
     db.session.commit()
     return attempt
 
 
 def _provider(
-    execution: Execution, agent: dict[str, Any], settings: LlmSettings
+    execution: Running, agent: dict[str, Any], settings: LlmSettings
 ) -> tuple[Provider, dict[str, Any], str | None, str | None]:
     """The agent's provider (with its decrypted credential), options, model and system prompt."""
     llm = agent.get("llm") or {}
@@ -277,27 +294,25 @@ def llm_step(previous: dict[str, Any]) -> dict[str, Any]:
     execution_id = str(previous["execution_id"])
     if previous.get("skip"):
         return previous
-    execution = _load(execution_id)
-    if execution is None or is_terminal(execution.status):
-        db.session.rollback()
-        return skipped(execution_id, "ended")
     events = event_log()
     token = uuid.uuid4().hex
-    if not _claim(events, execution, token):
+    if not _claim(events, execution_id, token):
         return skipped(execution_id, "another run owns it or it ended")
-    attempt = _mark_running(execution, list(previous.get("steps") or []))
-    if attempt is None:
+    steps = list(previous.get("steps") or [])
+    execution = _mark_running(execution_id, steps)
+    if execution is None:
+        events.end_run(execution_id)  # ours: the lease was just claimed
         return skipped(execution_id, "ended")
-    started_at = as_utc(execution.started_at or utcnow())
+    started_at = as_utc(execution.started_at)
     remaining = (started_at + timedelta(seconds=execution.timeout_s) - utcnow()).total_seconds()
     run = _Run(execution_id, token, events, deadline=time.monotonic() + remaining, last_refresh=time.monotonic())
     step_started = iso(utcnow())
     try:
-        if attempt == 1:
+        if execution.attempts == 1:
             run.emit("status", {"execution_id": execution_id, "status": ExecutionStatus.RUNNING.value})
         else:
-            run.emit("reset", {"attempt": attempt})
-        outcome = _stream_with_retries(execution, _agent_config(execution, previous), run, attempt,
+            run.emit("reset", {"attempt": execution.attempts})
+        outcome = _stream_with_retries(execution, _agent_config(execution, previous), run, execution.attempts,
                                        LlmSettings.from_config())
     except _Lost:
         db.session.rollback()
@@ -312,11 +327,12 @@ def llm_step(previous: dict[str, Any]) -> dict[str, Any]:
         "execution_id": execution_id,
         "run": token,
         **outcome,
+        "steps": steps,
         "llm_step": _step("llm", outcome["outcome"], step_started),
     }
 
 
-def _agent_config(execution: Execution, previous: dict[str, Any]) -> dict[str, Any]:
+def _agent_config(execution: Running, previous: dict[str, Any]) -> dict[str, Any]:
     """The agent as the governance step just read it (saves a query), or from the database."""
     if isinstance(previous.get("agent"), dict):
         return dict(previous["agent"])
@@ -325,7 +341,7 @@ def _agent_config(execution: Execution, previous: dict[str, Any]) -> dict[str, A
 
 
 def _stream_with_retries(
-    execution: Execution, agent: dict[str, Any], run: _Run, attempt: int, settings: LlmSettings
+    execution: Running, agent: dict[str, Any], run: _Run, attempt: int, settings: LlmSettings
 ) -> dict[str, Any]:
     """Attempts until success, a fatal error, the attempt limit, cancel or timeout."""
     provider, options, model, system_prompt = _provider(execution, agent, settings)
@@ -401,45 +417,70 @@ def _failed(exc: ProviderError, parts: list[str], suffix: str) -> dict[str, Any]
 
 
 def persist_step(result: dict[str, Any]) -> dict[str, Any]:
-    """Write output, usage, attempts, steps and the final status once; then emit the one terminal event."""
+    """Write output, usage, attempts, steps and the final status once; then emit the one terminal event.
+
+    Returns {execution_id, status, reply}: reply says the execution answers a message (workflows send it back).
+    """
     execution_id = str(result["execution_id"])
     if result.get("skip"):
         return result
     started = iso(utcnow())
+    events = event_log()
+    holder = events.current_run(execution_id)
+    if holder is not None and holder != result.get("run"):
+        return skipped(execution_id, "a newer LLM run owns it")
+    outcome = ExecutionStatus(str(result["outcome"]))
+    usage = result.get("usage") or {}
+    error = result.get("error")
+    values: dict[str, Any] = {
+        "status": outcome.value,
+        "finished_at": utcnow(),
+        "output": result.get("output") or "",
+        "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+        "completion_tokens": int(usage.get("completion_tokens", 0)),
+        "error_code": error["code"] if error else None,
+        "error_message": error["message"] if error else None,
+        "steps": [*(result.get("steps") or []), result["llm_step"], _step("persist", "completed", started)],
+    }
+    # One conditional UPDATE (only a running execution ends here) returning what the audit rows and the
+    # terminal event need; its audit rows commit with it.
+    row = db.session.execute(
+        update(EXECUTIONS)
+        .where(EXECUTIONS.c.id == execution_id, EXECUTIONS.c.status == ExecutionStatus.RUNNING.value)
+        .values(**values)
+        .returning(EXECUTIONS.c.workspace_id, EXECUTIONS.c.agent_id, EXECUTIONS.c.attempts,
+                   EXECUTIONS.c["metadata"].label("meta"))
+    ).one_or_none()
+    if row is None:
+        db.session.rollback()
+        return _already_final(execution_id)
+    details = {"usage": usage} if outcome == ExecutionStatus.COMPLETED else {"error": error}
+    audit.record_many([
+        {"workspace_id": row.workspace_id, "actor": ACTOR, "agent_id": row.agent_id, "execution_id": execution_id,
+         "action": action, "result": res, "details": details}
+        for action, res in OUTCOME_AUDIT[outcome.value]
+    ])
+    db.session.commit()
+    final = Execution(id=execution_id, attempts=row.attempts, **values)  # not added to the session: a value
+    event, data = terminal_event(final)
+    events.emit(execution_id, event, data)  # the terminal event also drops the LLM run's lease
+    return {"execution_id": execution_id, "status": outcome.value, "reply": _answers_a_message(row.meta)}
+
+
+def _already_final(execution_id: str) -> dict[str, Any]:
+    """A redelivery after the commit: make sure the terminal event went out (the stream keeps only one)."""
     execution = _load(execution_id)
     if execution is None:
         db.session.rollback()
         return skipped(execution_id, "missing")
-    events = event_log()
-    if is_terminal(execution.status):
-        db.session.rollback()
-        emit_terminal(execution)  # a redelivery after the commit: make sure the event went out (once)
-        return {"execution_id": execution_id, "status": execution.status}
-    holder = events.current_run(execution_id)
-    if holder is not None and holder != result.get("run"):
-        db.session.rollback()
-        return skipped(execution_id, "a newer LLM run owns it")
-    outcome = str(result["outcome"])
-    usage = result.get("usage") or {}
-    error = result.get("error")
-    details = {"usage": usage} if outcome == "completed" else {"error": error}
-    ended = finalize(
-        execution,
-        status=ExecutionStatus(outcome),
-        actor=ACTOR,
-        from_statuses=[ExecutionStatus.RUNNING.value],
-        values={
-            "output": result.get("output") or "",
-            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
-            "completion_tokens": int(usage.get("completion_tokens", 0)),
-            "error_code": error["code"] if error else None,
-            "error_message": error["message"] if error else None,
-            "steps": [*(execution.steps or []), result["llm_step"], _step("persist", "completed", started)],
-        },
-        audit_rows=[(action, res, details) for action, res in OUTCOME_AUDIT[outcome]],
-    )
-    if ended:
+    status, meta = execution.status, execution.meta
+    if is_terminal(status):
         emit_terminal(execution)
-        events.end_run(execution_id)
-    return {"execution_id": execution_id, "status": execution.status}
+    db.session.rollback()
+    if not is_terminal(status):
+        return skipped(execution_id, f"status {status}")
+    return {"execution_id": execution_id, "status": status, "reply": _answers_a_message(meta)}
 
+
+def _answers_a_message(meta: dict[str, Any] | None) -> bool:
+    return bool((meta or {}).get("reply_to"))

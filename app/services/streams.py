@@ -19,7 +19,8 @@ EVENT_TYPES = frozenset({"status", "delta", "reset"}) | TERMINAL_EVENTS
 
 # Appends atomically: refuses anything after the terminal event (so a redelivered step cannot emit a second
 # one) and anything from an LLM run that lost its lease (a zombie of a killed worker); numbers events 1, 2, 3.
-# Also reports the cancel flag, so the LLM step learns of a cancel with each chunk at no extra round trip.
+# Also reports the cancel flag, so the LLM step learns of a cancel with each chunk at no extra round trip,
+# and drops the LLM run's lease with the terminal event (the execution is over).
 # KEYS: stream, seq counter, terminal marker, the lease naming the current run, cancel flag, last emit.
 # ARGV: event, data, terminal?, run, maxlen, ttl, emit token. Expiry is set on the first and the terminal event.
 # Idempotent per emit token: when Redis dies after running the script but before its reply arrives, the
@@ -37,7 +38,10 @@ if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {-2, canc
 local n = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], n .. '-0', 'event', ARGV[1], 'data', ARGV[2])
 redis.call('SET', KEYS[6], ARGV[7] .. ':' .. n, 'EX', ARGV[6])
-if ARGV[3] == '1' then redis.call('SET', KEYS[3], n) end
+if ARGV[3] == '1' then
+  redis.call('SET', KEYS[3], n)
+  redis.call('DEL', KEYS[4])
+end
 if n == 1 or ARGV[3] == '1' then
   for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
 end
