@@ -6,6 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from flask import Flask
 
+from app.extensions import db
+from app.models import Workspace
 from tests.support.api import ApiClient, new_workspace_client
 
 
@@ -21,3 +23,6 @@ def test_concurrent_creates_keep_one_chain(app: Flask) -> None:
     assert statuses == [201] * 24
     assert len(api.get("/agents", query_string={"limit": 200}).get_json()["items"]) == 24
     assert api.get("/audit/verify").get_json() == {"ok": True, "checked": 25, "first_bad_id": None}
+    newest = api.get("/audit", query_string={"limit": 1}).get_json()["items"][0]
+    with app.app_context():
+        assert db.session.get(Workspace, api.workspace_id).audit_head == newest["hash"]  # the next append links here
