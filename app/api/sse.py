@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import closing
 
 from flask import Response, current_app, stream_with_context
 
@@ -38,8 +39,9 @@ def event_stream(execution_id: str, after: int, headers: dict[str, str] | None =
     feed = open_feed(execution_id, after, heartbeat_s=float(current_app.config["SSE_HEARTBEAT_S"]))
 
     def generate() -> Iterator[str]:
-        for item in feed:
-            yield HEARTBEAT if item is None else format_event(item)
+        with closing(feed):  # a client that went away leaves the process's fan-out reader at once
+            for item in feed:
+                yield HEARTBEAT if item is None else format_event(item)
 
     response = Response(stream_with_context(generate()), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"

@@ -6,7 +6,6 @@ import json
 import os
 import threading
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,8 +54,9 @@ return 0
 """
 
 MAX_BLOCK_MS = 30_000
-# Every live SSE follower holds one connection in a blocking XREAD, so the pool must be larger than the
-# streams one web process holds (redis-py 8 defaults to 100, which turned the 101st stream into a 503).
+# redis-py 8 caps a pool at 100 connections, which turned the 101st SSE stream into a 503 when each follower
+# held one in XREAD BLOCK; followers now share one reader (stream_fanout.py), but a burst of requests still
+# checks out one connection per greenlet.
 MAX_CONNECTIONS = int(os.environ.get("REDIS_MAX_CONNECTIONS", "5000"))
 RECONNECT_TRIES = 8  # 0.05, 0.1, 0.2, 0.4, then 0.5 s: about 2.75 s of retrying before an error surfaces
 REFUSED_TERMINAL = -1
@@ -121,7 +121,8 @@ def parse_stream_id(raw: bytes | str) -> int:
     return int(text.split("-", 1)[0])
 
 
-def _decode(entry_id: Any, fields: Any) -> Event:
+def decode_entry(entry_id: Any, fields: Any) -> Event:
+    """An entry as redis-py parses XRANGE / XREAD replies."""
     return Event(parse_stream_id(entry_id), fields[b"event"].decode(), json.loads(fields[b"data"]))
 
 
@@ -184,35 +185,10 @@ class EventLog:
     def read_after(self, execution_id: str, after: int, count: int = 1000) -> list[Event]:
         """Stored events with id > after, oldest first."""
         entries: Any = self.redis.xrange(stream_key(execution_id), min=f"({after}-0", max="+", count=count)
-        return [_decode(entry_id, fields) for entry_id, fields in entries]
-
-    def wait_after(self, execution_id: str, after: int, block_ms: int) -> list[Event]:
-        """Block up to block_ms for events with id > after (XREAD BLOCK); [] on timeout."""
-        block = max(1, min(block_ms, MAX_BLOCK_MS))
-        answer: Any = self.redis.xread({stream_key(execution_id): f"{after}-0"}, count=1000, block=block)
-        if not answer:
-            return []
-        _key, entries = answer[0]
-        return [_decode(entry_id, fields) for entry_id, fields in entries]
+        return [decode_entry(entry_id, fields) for entry_id, fields in entries]
 
     def request_cancel(self, execution_id: str) -> None:
         self.redis.set(cancel_key(execution_id), "1", ex=self.retention_s)
 
     def cancel_requested(self, execution_id: str) -> bool:
         return bool(self.redis.exists(cancel_key(execution_id)))
-
-    def follow(self, execution_id: str, after: int, block_ms: int) -> Iterator[Event | None]:
-        """Replay then follow live; yields None when block_ms passed with nothing new (time for a heartbeat)."""
-        last = after
-        backlog = self.read_after(execution_id, last)
-        while True:
-            events = backlog or self.wait_after(execution_id, last, block_ms)
-            backlog = []
-            if not events:
-                yield None
-                continue
-            for event in events:
-                last = event.id
-                yield event
-                if event.terminal:
-                    return
