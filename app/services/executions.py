@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,14 +56,17 @@ class ExecutionRequest:
         }
 
 
+_event_logs: dict[tuple[int, str, int, int], EventLog] = {}
+
+
 def event_log() -> EventLog:
-    """The event log on this app's Redis."""
+    """The event log on this app's Redis; one per process and settings (it registers its scripts once)."""
     config = current_app.config
-    return EventLog(
-        client(config["REDIS_URL"]),
-        max_events=int(config["STREAM_MAX_EVENTS"]),
-        retention_s=int(config["STREAM_RETENTION_S"]),
-    )
+    key = (os.getpid(), config["REDIS_URL"], int(config["STREAM_MAX_EVENTS"]), int(config["STREAM_RETENTION_S"]))
+    found = _event_logs.get(key)
+    if found is None:
+        found = _event_logs[key] = EventLog(client(key[1]), max_events=key[2], retention_s=key[3])
+    return found
 
 
 def is_terminal(status: str) -> bool:
