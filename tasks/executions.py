@@ -2,40 +2,49 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from celery import shared_task
+from celery import Task, shared_task
 from flask import current_app
 
 from app.logs import log_context
 from app.metrics import STEP_SECONDS
 from app.services import pipeline, workflows
+from app.services.backoff import retry_delay
+
+log = logging.getLogger(__name__)
 
 GOVERNANCE = "executions.governance"
 LLM = "executions.llm"
 PERSIST = "executions.persist"
+# A database or Redis outage in the worker: retry the step after 1, 2, 4, 8, 16, then every 30 s, about 15 min
+# in all (steps are idempotent); only then does the execution end `failed`.
+MAX_RETRIES = 34
+RETRY_BASE_S = 1.0
+RETRY_CAP_S = 30.0
 
 
-@shared_task(name=GOVERNANCE)
-def governance(execution_id: str) -> dict[str, Any]:
+@shared_task(name=GOVERNANCE, bind=True, max_retries=MAX_RETRIES)
+def governance(self: Task, execution_id: str) -> dict[str, Any]:
     """Re-check governance in the worker (the agent may have changed while the execution was queued)."""
-    with _step("governance", execution_id):
+    with _step(self, "governance", execution_id):
         return pipeline.governance_step(execution_id)
 
 
-@shared_task(name=LLM)
-def llm(previous: dict[str, Any]) -> dict[str, Any]:
+@shared_task(name=LLM, bind=True, max_retries=MAX_RETRIES)
+def llm(self: Task, previous: dict[str, Any]) -> dict[str, Any]:
     """Stream the provider's reply into the execution's event log."""
-    with _step("llm", previous.get("execution_id")):
+    with _step(self, "llm", previous.get("execution_id")):
         return pipeline.llm_step(previous)
 
 
-@shared_task(name=PERSIST)
-def persist(result: dict[str, Any]) -> dict[str, Any]:
+@shared_task(name=PERSIST, bind=True, max_retries=MAX_RETRIES)
+def persist(self: Task, result: dict[str, Any]) -> dict[str, Any]:
     """Write the final state exactly once and emit the terminal event."""
-    with _step("persist", result.get("execution_id")):
+    with _step(self, "persist", result.get("execution_id")):
         outcome = pipeline.persist_step(result)
         if outcome.get("reply"):  # the execution answers an agent's message: send the reply (workflows)
             workflows.reply_for_execution(outcome["execution_id"], enqueue=_enqueue_chain)
@@ -43,10 +52,36 @@ def persist(result: dict[str, Any]) -> dict[str, Any]:
 
 
 @contextmanager
-def _step(name: str, execution_id: str | None) -> Iterator[None]:
-    """Every log line of the step names its execution; its duration feeds execution_step_seconds."""
+def _step(task: Task, name: str, execution_id: str | None) -> Iterator[None]:
+    """Every log line of the step names its execution; its duration feeds execution_step_seconds.
+
+    An unreachable database or Redis retries the step (same message, chain kept) with capped backoff; a step
+    that fails for good ends its execution `failed`, so no execution is stranded pending or running.
+    """
     with log_context(execution_id=execution_id), STEP_SECONDS.labels(name).time():
-        yield
+        try:
+            yield
+        except pipeline.INFRASTRUCTURE_ERRORS as exc:
+            retries = int(task.request.retries or 0)
+            if retries < MAX_RETRIES:
+                delay = retry_delay(retries + 1, base_s=RETRY_BASE_S, cap_s=RETRY_CAP_S)
+                log.warning("%s step: %s, retry %d in %.0fs", name, type(exc).__name__, retries + 1, delay)
+                raise task.retry(exc=exc, countdown=delay) from exc
+            _give_up(name, execution_id, exc)
+            raise
+        except Exception as exc:
+            _give_up(name, execution_id, exc)
+            raise
+
+
+def _give_up(name: str, execution_id: str | None, exc: Exception) -> None:
+    log.error("%s step failed for good: %s", name, type(exc).__name__, exc_info=exc)
+    if execution_id is None:
+        return
+    try:
+        pipeline.abandon(execution_id, name, exc)
+    except Exception:  # noqa: BLE001 - the database is still gone: nothing more can be done from here
+        log.exception("could not mark execution %s failed", execution_id)
 
 
 def _enqueue_chain(execution_id: str, task_ids: list[str]) -> None:

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import redis
 from flask import current_app
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, update
 
 from app.extensions import db
@@ -48,6 +50,10 @@ LEASE_MS = 5000
 REFRESH_EVERY_S = 1.0
 CLAIM_POLL_S = 0.1
 CANCEL_POLL_S = 0.01  # between emits (waits, hangs); every emit reports the flag anyway
+# The database or Redis unreachable (or a deadlock): the step did not happen, and running it again is safe.
+INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
+    sa_exc.OperationalError, sa_exc.InterfaceError, redis.ConnectionError, redis.TimeoutError,
+)
 EXECUTIONS = Execution.__table__  # the hot path uses Core statements: no ORM flush or identity map per step
 OUTCOME_AUDIT: dict[str, list[tuple[str, str]]] = {
     "completed": [("llm.completed", "ok"), ("execution.completed", "ok")],
@@ -317,6 +323,8 @@ def llm_step(previous: dict[str, Any]) -> dict[str, Any]:
     except _Lost:
         db.session.rollback()
         return skipped(execution_id, "another run owns it or it ended")
+    except INFRASTRUCTURE_ERRORS:
+        raise  # Redis or the database went away mid-run: the task runs the step again (a new attempt)
     except Exception as exc:  # noqa: BLE001 - a bug must still end the execution, not leave it running
         log.exception("LLM step of execution %s crashed", execution_id)
         db.session.rollback()
@@ -484,3 +492,27 @@ def _already_final(execution_id: str) -> dict[str, Any]:
 
 def _answers_a_message(meta: dict[str, Any] | None) -> bool:
     return bool((meta or {}).get("reply_to"))
+
+
+# --- giving up ----------------------------------------------------------------------------------------------
+
+
+def abandon(execution_id: str, step: str, error: BaseException) -> bool:
+    """A step failed for good (a bug, or an outage that outlasted its retries): end the execution `failed`
+    instead of leaving it pending or running for ever. False if it had already ended (or cannot be reached)."""
+    execution = _load(execution_id)
+    if execution is None or is_terminal(execution.status):
+        db.session.rollback()
+        return False
+    ended = finalize(
+        execution,
+        status=ExecutionStatus.FAILED,
+        actor=ACTOR,
+        values={"error_code": "internal_error",
+                "error_message": f"the {step} step failed ({type(error).__name__})"},
+        audit_rows=[("execution.failed", "error", {"reason": "step_failed", "step": step,
+                                                   "error": type(error).__name__})],
+    )
+    if ended:
+        emit_terminal(execution)  # if Redis is down, SSE readers emit it from the row once it is back
+    return ended

@@ -7,7 +7,7 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy import create_engine
@@ -20,13 +20,7 @@ from tests.conftest import build_app
 from tests.support import services
 from tests.support.api import ApiClient, new_workspace_client
 from tests.support.mailbox import MailboxProcess
-from tests.support.tcp_proxy import CuttableProxy
-
-
-def through(url: str, port: int) -> str:
-    parts = urlsplit(url)
-    auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
+from tests.support.tcp_proxy import CuttableProxy, through
 
 
 @pytest.mark.parametrize("outage_s", [pytest.param(3.0, id="quick"),

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import socket
 import threading
+from urllib.parse import urlsplit, urlunsplit
+
+
+def through(url: str, port: int) -> str:
+    """The same database or broker URL, pointed at a proxy on 127.0.0.1:port."""
+    parts = urlsplit(url)
+    auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
 
 
 class CuttableProxy:

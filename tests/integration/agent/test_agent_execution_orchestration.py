@@ -377,6 +377,26 @@ def test_timeout_ends_timed_out(wapi: ApiClient) -> None:
     assert audit_actions(wapi, execution_id)[-1] == "execution.timed_out"
 
 
+def test_a_step_that_fails_for_good_ends_the_execution_failed(wapi: ApiClient, pg_app: Flask, redis_url: str) -> None:
+    """Not stranded `running`: a persist message the step cannot use (as a bug would) fails the execution once."""
+    agent = scripted(wapi, text="never sent", hang_s=30)
+    execution_id = execute(wapi, agent["id"], timeout_s=60)["execution_id"]
+    wait_status(wapi, execution_id, "running")
+    run = wait_for(lambda: redis.Redis.from_url(redis_url).get(f"exec:{execution_id}:run"), what="the LLM lease")
+    # From the run that holds the lease, but with no outcome in it: the step raises KeyError.
+    pg_app.extensions["celery"].send_task("executions.persist", args=[{"execution_id": execution_id,
+                                                                        "run": run.decode()}])
+    failed = wait_status(wapi, execution_id, timeout=20)
+    assert failed["status"] == "failed"
+    assert failed["error"] == {"code": "internal_error", "message": "the persist step failed (KeyError)"}
+    stream = events(wapi, execution_id)
+    assert_well_formed(stream)
+    assert stream[-1].event == "failed"
+    actions = audit_actions(wapi, execution_id)
+    assert actions.count("execution.failed") == 1 and actions[-1] == "execution.failed"
+    assert "execution.completed" not in actions
+
+
 # --- governance and approval --------------------------------------------------------------------------------
 
 
