@@ -10,6 +10,7 @@ import redis
 
 from app.llm.tokens import count_tokens
 from app.services.streams import stream_key
+from tests.chaos.checks import wait_for
 from tests.support.api import ApiClient
 from tests.support.sse import SseEvent, parse
 
@@ -125,3 +126,13 @@ def describe_stuck(api: ApiClient, redis_url: str, executions: dict[str, tuple[s
                      f"audit={[item['action'] for item in sorted(audit, key=lambda item: item['id'])]} "
                      f"events={len(events)} tail={events[-4:]} lease={lease!r}")
     return "\n".join(lines)
+
+
+def wait_until_all_ended(api: ApiClient, redis_url: str, executions: dict[str, tuple[str, str]], timeout_s: float,
+                         what: str) -> None:
+    """Poll until every execution is final; on the deadline, print what each stuck one was doing, then fail."""
+    try:
+        wait_for(lambda: all(status_of(api, e) in TERMINAL for e in executions), timeout_s=timeout_s, what=what)
+    except AssertionError:
+        print(describe_stuck(api, redis_url, executions))
+        raise

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.chaos.checks import report, wait_for
-from tests.chaos.executions import TERMINAL, describe_stuck, execute, status_of, streaming_now, tally
+from tests.chaos.executions import execute, status_of, streaming_now, tally, wait_until_all_ended
 from tests.conftest import build_app
 from tests.support import services
 from tests.support.api import new_workspace_client
@@ -52,12 +52,8 @@ def test_executions_ride_out_a_database_outage_in_the_worker(outage_s: float, re
             time.sleep(max(0.0, outage_s - (time.monotonic() - cut_at)))  # the outage lasts outage_s
             during = {status_of(api, e) for e in executions}
             proxy.restore()
-            try:
-                wait_for(lambda: all(status_of(api, e) in TERMINAL for e in executions), timeout_s=120,
-                         what="every execution to end after the database returns")
-            except AssertionError:
-                print(describe_stuck(api, redis_url, executions))
-                raise
+            wait_until_all_ended(api, redis_url, executions, timeout_s=120,
+                                 what="every execution to end after the database returns")
         finally:
             worker.stop()
             proxy.close()

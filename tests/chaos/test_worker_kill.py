@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.checks import report, wait_for
-from tests.chaos.executions import TERMINAL, describe_stuck, execute, raw_events, status_of, streaming_now, tally
+from tests.chaos.executions import execute, raw_events, streaming_now, tally, wait_until_all_ended
 from tests.conftest import build_app
 from tests.support import services
 from tests.support.api import new_workspace_client
@@ -56,12 +56,7 @@ def test_worker_sigkill_mid_llm_ends_every_execution_once(
                 worker.kill()
                 killed_mid_stream += len(streaming)
                 worker = new_worker()
-            try:
-                wait_for(lambda: all(status_of(api, e) in TERMINAL for e in executions), timeout_s=60 + 5 * kills,
-                         what="every execution to end")
-            except AssertionError:
-                print(describe_stuck(api, redis_url, executions))
-                raise
+            wait_until_all_ended(api, redis_url, executions, timeout_s=60 + 5 * kills, what="every execution to end")
         finally:
             worker.stop()
         result = tally(api, redis_url, executions)
