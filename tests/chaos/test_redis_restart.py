@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 
 from tests.chaos.checks import report, wait_for
-from tests.chaos.executions import TERMINAL, describe_stuck, execute, status_of, tally, text_of
+from tests.chaos.executions import (
+    TERMINAL,
+    execute,
+    streaming_now,
+    tally,
+    text_of,
+    wait_until_all_ended,
+)
 from tests.conftest import build_app
 from tests.support import services
 from tests.support.api import ApiClient, new_workspace_client
@@ -90,12 +97,7 @@ def test_redis_restart_mid_stream(restarts: int, pg_url: str, tmp_path: Path) ->
                 executions[execute(api, agent["id"], message)] = (message, EXPECTED)
             watched = next(iter(executions))
             reader = read_resuming(api, watched, node, restarts)
-            try:
-                wait_for(lambda: all(status_of(api, e) in TERMINAL for e in executions), timeout_s=90,
-                         what="every execution to end")
-            except AssertionError:
-                print(describe_stuck(api, node.url, executions))
-                raise
+            wait_until_all_ended(api, node.url, executions, timeout_s=90, what="every execution to end")
         finally:
             worker.stop()
         result = tally(api, node.url, executions)
@@ -106,3 +108,40 @@ def test_redis_restart_mid_stream(restarts: int, pg_url: str, tmp_path: Path) ->
             "double_terminal", "double_audit", "bad_stream", "wrong_output", "wrong_usage"])
     assert counts["redis_restarts"] == restarts and counts["terminal_events"] == 1
     assert result.statuses == {"completed": result.started}
+
+
+@pytest.mark.parametrize("down_s", [pytest.param(6.0, id="quick"), pytest.param(30.0, id="30s",
+                                                                               marks=pytest.mark.slow)])
+def test_redis_down_longer_than_the_client_retries(down_s: float, pg_url: str, tmp_path: Path) -> None:
+    """Redis gone for longer than the client rides out (~2.75 s): the worker's steps retry once it is back, an
+    LLM run it cut off starts over (a `reset`), and every execution still completes exactly once."""
+    with services.rabbitmq_vhost(f"chaos_{services.run_token()}") as vhost_url, private_redis() as node:
+        app = build_app(pg_url, vhost_url, node.url)
+        api = new_workspace_client(app)
+        agent = api.create_agent(llm={"provider": "scripted", "options": {"chunks": CHUNKS, "chunk_delay_ms": 50}})
+        worker = WorkerProcess(database_url=pg_url, broker_url=vhost_url, redis_url=node.url,
+                               log_path=tmp_path / "worker.log", concurrency=4).start()
+        try:
+            executions = {}
+            for i in range(3):
+                message = f"through a redis outage {i}"
+                executions[execute(api, agent["id"], message)] = (message, EXPECTED)
+            cut_off = wait_for(lambda: [e for e in executions if streaming_now(node.url, e, len(CHUNKS) - 20)],
+                               timeout_s=60, what="an execution streaming when Redis goes")
+            node.kill()
+            down_at = time.monotonic()
+            wait_for(lambda: "ConnectionError" in worker.log(), timeout_s=down_s + 30,
+                     what="a step to give up on Redis and retry")
+            time.sleep(max(0.0, down_s - (time.monotonic() - down_at)))  # the outage lasts down_s
+            node.start()
+            wait_until_all_ended(api, node.url, executions, timeout_s=120, what="every execution to end")
+        finally:
+            worker.stop()
+        result = tally(api, node.url, executions)
+
+    counts = {"down_s": down_s, "streaming_when_cut": len(cut_off), **result.as_dict()}
+    report(f"redis-down-{int(down_s)}s", counts,
+           ["stuck", "double_terminal", "double_audit", "bad_stream", "wrong_output", "wrong_usage"])
+    assert result.ended_once == result.started
+    assert result.statuses == {"completed": result.started}
+    assert result.restarts >= 1  # the run Redis cut off started over
