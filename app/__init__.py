@@ -53,7 +53,8 @@ def register_extensions(app: Flask) -> None:
     db.init_app(app)
     migrate.init_app(app, db, directory=str(INSTANCE_DIR.parent / "migrations"))
     with app.app_context():
-        tune_engine(db.engine)
+        tune_engine(db.engine,
+                    idle_in_transaction_timeout_s=float(app.config["DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S"]))
 
 
 def register_celery(app: Flask) -> None:

@@ -50,5 +50,6 @@ def from_environment() -> dict[str, Any]:
         "LLM_CONNECT_TIMEOUT_S": _float("LLM_CONNECT_TIMEOUT_S", 10.0),
         "LLM_READ_TIMEOUT_S": _float("LLM_READ_TIMEOUT_S", 60.0),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S": _float("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S", 60.0),
         "JSON_SORT_KEYS": False,
     }

@@ -1,4 +1,5 @@
-"""Engine tuning: SQLite gets WAL, a busy timeout and write-locking transactions; PostgreSQL is left as is."""
+"""Engine tuning: SQLite gets WAL, a busy timeout and write-locking transactions; PostgreSQL gets TCP keepalives
+and a server-side limit on sessions left idle inside a transaction."""
 
 from __future__ import annotations
 
@@ -21,7 +22,26 @@ def _on_sqlite_begin(connection: Any) -> None:
     connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def tune_engine(engine: Engine) -> None:
+def _postgres_connect_args(idle_in_transaction_timeout_s: float) -> dict[str, Any]:
+    """A client that vanished mid-transaction (a partition, a frozen process) must not hold its locks (the inbox
+    drain's advisory lock, the audit chain head) for the hours TCP takes to notice: the server ends such a session
+    after the timeout, and keepalives find a dead peer within about a minute."""
+    args: dict[str, Any] = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10,
+                            "keepalives_count": 3}
+    if idle_in_transaction_timeout_s > 0:
+        args["options"] = f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_timeout_s * 1000)}"
+    return args
+
+
+def tune_engine(engine: Engine, *, idle_in_transaction_timeout_s: float = 60.0) -> None:
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _on_sqlite_connect)
         event.listen(engine, "begin", _on_sqlite_begin)
+    elif engine.dialect.name == "postgresql":
+        connect_args = _postgres_connect_args(idle_in_transaction_timeout_s)
+
+        def add_connect_args(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+            for key, value in connect_args.items():
+                cparams.setdefault(key, value)  # what the URL sets wins
+
+        event.listen(engine, "do_connect", add_connect_args)
