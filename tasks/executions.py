@@ -61,15 +61,12 @@ def _step(task: Task, name: str, execution_id: str | None) -> Iterator[None]:
     with log_context(execution_id=execution_id), STEP_SECONDS.labels(name).time():
         try:
             yield
-        except pipeline.INFRASTRUCTURE_ERRORS as exc:
+        except Exception as exc:
             retries = int(task.request.retries or 0)
-            if retries < MAX_RETRIES:
+            if pipeline.is_infrastructure_error(exc) and retries < MAX_RETRIES:
                 delay = retry_delay(retries + 1, base_s=RETRY_BASE_S, cap_s=RETRY_CAP_S)
                 log.warning("%s step: %s, retry %d in %.0fs", name, type(exc).__name__, retries + 1, delay)
                 raise task.retry(exc=exc, countdown=delay) from exc
-            _give_up(name, execution_id, exc)
-            raise
-        except Exception as exc:
             _give_up(name, execution_id, exc)
             raise
 

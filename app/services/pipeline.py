@@ -54,6 +54,13 @@ CANCEL_POLL_S = 0.01  # between emits (waits, hangs); every emit reports the fla
 INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
     sa_exc.OperationalError, sa_exc.InterfaceError, redis.ConnectionError, redis.TimeoutError,
 )
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """Also a database error that cost the connection (the server ended the session, say)."""
+    return isinstance(exc, INFRASTRUCTURE_ERRORS) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    )
 EXECUTIONS = Execution.__table__  # the hot path uses Core statements: no ORM flush or identity map per step
 OUTCOME_AUDIT: dict[str, list[tuple[str, str]]] = {
     "completed": [("llm.completed", "ok"), ("execution.completed", "ok")],
@@ -323,9 +330,9 @@ def llm_step(previous: dict[str, Any]) -> dict[str, Any]:
     except _Lost:
         db.session.rollback()
         return skipped(execution_id, "another run owns it or it ended")
-    except INFRASTRUCTURE_ERRORS:
-        raise  # Redis or the database went away mid-run: the task runs the step again (a new attempt)
     except Exception as exc:  # noqa: BLE001 - a bug must still end the execution, not leave it running
+        if is_infrastructure_error(exc):
+            raise  # Redis or the database went away mid-run: the task runs the step again (a new attempt)
         log.exception("LLM step of execution %s crashed", execution_id)
         db.session.rollback()
         outcome = {"outcome": "failed", "output": "", "usage": None,
