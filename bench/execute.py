@@ -180,7 +180,7 @@ def make_tenant(base: str, app: Any, name: str) -> tuple[str, str]:
 
 
 def run(executions: int, clients: int, latency_runs: int, worker_concurrency: int, rounds: int,
-        workspaces: int, profile_dir: Path | None = None) -> dict[str, Any]:
+        workspaces: int, profile_dir: Path | None = None, gil: bool = False) -> dict[str, Any]:
     token = services.run_token()
     # Not the tests' Redis DB: a concurrent test session flushes that one. Keys here are per execution.
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -224,13 +224,13 @@ def run(executions: int, clients: int, latency_runs: int, worker_concurrency: in
                 profiled = profile_dir is not None and index == rounds - 1  # the last round only
                 cpu = group_cpu_s(pgids)
                 box = cpu_by_role(roles, database)
-                with recording(worker.process.pid, profile_dir / "worker-bare.txt" if profiled else None):
+                with recording(worker.process.pid, profile_dir / "worker-bare.txt" if profiled else None, gil=gil):
                     bare = bare_chains(celery_app, redis_client, executions, clients)
                 bare_cpu = group_cpu_s(pgids) - cpu
                 box_bare = cpu_by_role(roles, database)
                 web_cpu = group_cpu_s([web.pid])
-                with (recording(worker.process.pid, profile_dir / "worker-api.txt" if profiled else None),
-                      recording(web.pid, profile_dir / "web-api.txt" if profiled else None)):
+                with (recording(worker.process.pid, profile_dir / "worker-api.txt" if profiled else None, gil=gil),
+                      recording(web.pid, profile_dir / "web-api.txt" if profiled else None, gil=gil)):
                     api = api_executions(base, tenants, engine, executions, clients)
                 api_cpu = group_cpu_s(pgids) - cpu - bare_cpu
                 web_cpu = group_cpu_s([web.pid]) - web_cpu
@@ -281,9 +281,11 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy record the worker and gunicorn during the last round into DIR (raw stacks; "
                              "summarize with python -m bench.profile); its CPU includes py-spy's pauses")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="with --profile: keep only samples holding the GIL (Python CPU, not driver waits)")
     args = parser.parse_args()
     result = run(args.executions, args.clients, args.latency_runs, args.worker_concurrency, args.rounds,
-                 args.workspaces, args.profile)
+                 args.workspaces, args.profile, args.profile_gil)
     print(table(result["rows"], ["round", "bare_chains_per_s", "api_executions_per_s", "ratio",
                                  "bare_cpu_ms_each", "api_cpu_ms_each", "of_which_web_ms"]))
     print("(cpu: worker + gunicorn processes only; PostgreSQL, RabbitMQ and Redis not counted)")

@@ -21,14 +21,21 @@ PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 
 
 @contextmanager
-def recording(pid: int, output: Path | None, *, rate: int = 200, idle: bool = False) -> Iterator[None]:
-    """py-spy record (raw collapsed stacks) of `pid` and its subprocesses for the duration of the block."""
+def recording(pid: int, output: Path | None, *, rate: int = 200, idle: bool = False,
+              gil: bool = False) -> Iterator[None]:
+    """py-spy record (raw collapsed stacks) of `pid` and its subprocesses for the duration of the block.
+
+    gil=True keeps only samples that hold the GIL: Python CPU, without the time spent waiting in drivers (py-spy
+    otherwise counts a thread blocked in psycopg's or amqp's C-level wait as active). It pauses the process for
+    each sample, so the phase's rates and CPU figures include that.
+    """
     if output is None:
         yield
         return
     output.parent.mkdir(parents=True, exist_ok=True)
     cmd = [PY_SPY, "record", "--pid", str(pid), "--subprocesses", "--format", "raw", "--rate", str(rate),
-           "--nonblocking", "-o", str(output)]
+           "-o", str(output)]
+    cmd.append("--gil" if gil else "--nonblocking")
     if idle:
         cmd.append("--idle")
     spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
