@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +82,11 @@ def read_resuming(api: ApiClient, execution_id: str, node: RedisNode, restarts: 
     return outcome
 
 
-@pytest.mark.parametrize("restarts", [pytest.param(1, id="quick"), pytest.param(4, id="4-restarts",
-                                                                                  marks=pytest.mark.slow)])
-def test_redis_restart_mid_stream(restarts: int, pg_url: str, tmp_path: Path) -> None:
+@contextmanager
+def three_executions_on_a_private_redis(
+    pg_url: str, tmp_path: Path, what: str
+) -> Iterator[tuple[ApiClient, RedisNode, WorkerProcess, dict[str, tuple[str, str]]]]:
+    """A worker and an app on a private Redis (the test restarts it), with three executions streaming."""
     with services.rabbitmq_vhost(f"chaos_{services.run_token()}") as vhost_url, private_redis() as node:
         app = build_app(pg_url, vhost_url, node.url)
         api = new_workspace_client(app)
@@ -93,13 +96,19 @@ def test_redis_restart_mid_stream(restarts: int, pg_url: str, tmp_path: Path) ->
         try:
             executions = {}
             for i in range(3):
-                message = f"through a redis restart {i}"
+                message = f"through a redis {what} {i}"
                 executions[execute(api, agent["id"], message)] = (message, EXPECTED)
-            watched = next(iter(executions))
-            reader = read_resuming(api, watched, node, restarts)
-            wait_until_all_ended(api, node.url, executions, timeout_s=90, what="every execution to end")
+            yield api, node, worker, executions
         finally:
             worker.stop()
+
+
+@pytest.mark.parametrize("restarts", [pytest.param(1, id="quick"), pytest.param(4, id="4-restarts",
+                                                                                  marks=pytest.mark.slow)])
+def test_redis_restart_mid_stream(restarts: int, pg_url: str, tmp_path: Path) -> None:
+    with three_executions_on_a_private_redis(pg_url, tmp_path, "restart") as (api, node, _worker, executions):
+        reader = read_resuming(api, next(iter(executions)), node, restarts)
+        wait_until_all_ended(api, node.url, executions, timeout_s=90, what="every execution to end")
         result = tally(api, node.url, executions)
 
     counts = {"redis_restarts": reader.pop("restarts_done"), **reader, **result.as_dict()}
@@ -115,28 +124,16 @@ def test_redis_restart_mid_stream(restarts: int, pg_url: str, tmp_path: Path) ->
 def test_redis_down_longer_than_the_client_retries(down_s: float, pg_url: str, tmp_path: Path) -> None:
     """Redis gone for longer than the client rides out (~2.75 s): the worker's steps retry once it is back, an
     LLM run it cut off starts over (a `reset`), and every execution still completes exactly once."""
-    with services.rabbitmq_vhost(f"chaos_{services.run_token()}") as vhost_url, private_redis() as node:
-        app = build_app(pg_url, vhost_url, node.url)
-        api = new_workspace_client(app)
-        agent = api.create_agent(llm={"provider": "scripted", "options": {"chunks": CHUNKS, "chunk_delay_ms": 50}})
-        worker = WorkerProcess(database_url=pg_url, broker_url=vhost_url, redis_url=node.url,
-                               log_path=tmp_path / "worker.log", concurrency=4).start()
-        try:
-            executions = {}
-            for i in range(3):
-                message = f"through a redis outage {i}"
-                executions[execute(api, agent["id"], message)] = (message, EXPECTED)
-            cut_off = wait_for(lambda: [e for e in executions if streaming_now(node.url, e, len(CHUNKS) - 20)],
-                               timeout_s=60, what="an execution streaming when Redis goes")
-            node.kill()
-            down_at = time.monotonic()
-            wait_for(lambda: "ConnectionError" in worker.log(), timeout_s=down_s + 30,
-                     what="a step to give up on Redis and retry")
-            time.sleep(max(0.0, down_s - (time.monotonic() - down_at)))  # the outage lasts down_s
-            node.start()
-            wait_until_all_ended(api, node.url, executions, timeout_s=120, what="every execution to end")
-        finally:
-            worker.stop()
+    with three_executions_on_a_private_redis(pg_url, tmp_path, "outage") as (api, node, worker, executions):
+        cut_off = wait_for(lambda: [e for e in executions if streaming_now(node.url, e, len(CHUNKS) - 20)],
+                           timeout_s=60, what="an execution streaming when Redis goes")
+        node.kill()
+        down_at = time.monotonic()
+        wait_for(lambda: "ConnectionError" in worker.log(), timeout_s=down_s + 30,
+                 what="a step to give up on Redis and retry")
+        time.sleep(max(0.0, down_s - (time.monotonic() - down_at)))  # the outage lasts down_s
+        node.start()
+        wait_until_all_ended(api, node.url, executions, timeout_s=120, what="every execution to end")
         result = tally(api, node.url, executions)
 
     counts = {"down_s": down_s, "streaming_when_cut": len(cut_off), **result.as_dict()}
