@@ -72,6 +72,7 @@ def _step(task: Task, name: str, execution_id: str | None) -> Iterator[None]:
 
 
 def _give_up(name: str, execution_id: str | None, exc: Exception) -> None:
+    """The step will not run again: end its execution `failed` rather than leave it pending or running."""
     log.error("%s step failed for good: %s", name, type(exc).__name__, exc_info=exc)
     if execution_id is None:
         return
