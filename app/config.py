@@ -51,5 +51,7 @@ def from_environment() -> dict[str, Any]:
         "LLM_READ_TIMEOUT_S": _float("LLM_READ_TIMEOUT_S", 60.0),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S": _float("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S", 60.0),
+        "EXECUTION_SWEEP_INTERVAL_S": _float("EXECUTION_SWEEP_INTERVAL_S", 30.0),
+        "EXECUTION_REQUEUE_AFTER_S": _float("EXECUTION_REQUEUE_AFTER_S", 60.0),
         "JSON_SORT_KEYS": False,
     }

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
@@ -45,6 +45,9 @@ class Execution(db.Model):  # type: ignore[name-defined,misc]
     __table_args__ = (
         UniqueConstraint("workspace_id", "idempotency_key", name="uq_executions_idempotency"),
         Index("ix_executions_agent_created", "agent_id", "created_at", "id"),
+        # The worker's sweep for pending executions whose chain was never queued reads only these rows.
+        Index("ix_executions_pending_created", "created_at", postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

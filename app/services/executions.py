@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from flask import current_app
@@ -275,11 +276,12 @@ def _emit_quietly(execution: Execution, event: tuple[str, dict[str, Any]]) -> No
 
 
 def _start(execution: Execution, enqueue: Enqueue) -> None:
-    """After commit: announce the status, then enqueue. On failure end it `failed` and answer 503."""
+    """After commit: announce the status, then enqueue and mark it queued. On failure end it `failed`, answer 503."""
     try:
         event_log().emit(execution.id, "status", {"execution_id": execution.id, "status": execution.status})
         if execution.status == ExecutionStatus.PENDING:
             enqueue(execution.id, list(execution.task_ids or []))
+            _mark_queued(execution.id)
     except Exception as exc:  # noqa: BLE001 - broker or Redis down: nothing was confirmed to the client
         log.warning("could not start execution %s: %s", execution.id, type(exc).__name__)
         _fail_unstarted(execution, exc)
@@ -287,6 +289,43 @@ def _start(execution: Execution, enqueue: Enqueue) -> None:
             "the execution could not be queued; retry later",
             {"execution_id": execution.id, "dependency": _dependency(exc)},
         ) from exc
+
+
+def _mark_queued(execution_id: str) -> None:
+    """Best effort: without the mark, the worker's sweep sends the chain a second time, which the steps tolerate."""
+    try:
+        event_log().mark_queued(execution_id)
+    except Exception:  # noqa: BLE001 - the chain is on the broker; the execution must not be failed for this
+        log.warning("could not mark execution %s queued", execution_id)
+
+
+def requeue_stranded(enqueue: Enqueue, *, older_than_s: float, limit: int = 100) -> list[str]:
+    """Send the chain of pending executions that no broker ever confirmed: a web process died between the commit
+    and the confirm. The mark is set after the confirm, so one older than older_than_s without it was never
+    queued (or Redis lost the mark: then the chain runs twice, and the steps' status checks and LLM lease make
+    the second one a no-op or a restart, never a second end)."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    stranded = db.session.execute(
+        select(Execution.id, Execution.task_ids)
+        .where(Execution.status == ExecutionStatus.PENDING.value, Execution.created_at < cutoff)
+        .order_by(Execution.created_at)
+        .limit(limit)
+    ).all()
+    db.session.rollback()
+    events = event_log()
+    requeued: list[str] = []
+    for execution_id, task_ids in stranded:
+        if not events.claim_requeue(execution_id):
+            continue
+        try:
+            enqueue(execution_id, list(task_ids or []))
+        except Exception:
+            events.unmark_queued(execution_id)  # the next sweep tries again
+            raise
+        log.warning("re-queued execution %s: no broker had confirmed its chain", execution_id,
+                    extra={"execution_id": execution_id})
+        requeued.append(execution_id)
+    return requeued
 
 
 def _dependency(exc: Exception) -> str:

@@ -90,6 +90,11 @@ def cancel_key(execution_id: str) -> str:
     return _keys(execution_id)[4]
 
 
+def queued_key(execution_id: str) -> str:
+    """Set once the broker confirmed the execution's chain (see EventLog.mark_queued)."""
+    return f"exec:{execution_id}:queued"
+
+
 _clients: dict[tuple[int, str], redis.Redis] = {}
 _clients_lock = threading.Lock()
 
@@ -173,6 +178,17 @@ class EventLog:
     def end_run(self, execution_id: str) -> None:
         """Drop the lease once the execution is final."""
         self.redis.delete(_keys(execution_id)[3])
+
+    def mark_queued(self, execution_id: str) -> None:
+        """The broker confirmed the chain: a pending execution without this mark was never queued."""
+        self.redis.set(queued_key(execution_id), "1", ex=self.retention_s)
+
+    def claim_requeue(self, execution_id: str) -> bool:
+        """Mark it queued unless it already was: True means no chain was ever confirmed, so send one now."""
+        return bool(self.redis.set(queued_key(execution_id), "1", nx=True, ex=self.retention_s))
+
+    def unmark_queued(self, execution_id: str) -> None:
+        self.redis.delete(queued_key(execution_id))
 
     def terminal_id(self, execution_id: str) -> int | None:
         """Id of the terminal event if one was emitted (and has not expired)."""
