@@ -24,8 +24,8 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.conf.update(app.config.get("CELERY", {}))
     celery_app.set_default()
     celery_app.flask_app = app  # the worker's bootsteps run outside any task, and need the app's config
-    from tasks.recovery import RequeueStranded  # tasks import app.services, which need this module loaded
+    from tasks.recovery import SweepExecutions  # tasks import app.services, which need this module loaded
 
-    celery_app.steps["worker"].add(RequeueStranded)
+    celery_app.steps["worker"].add(SweepExecutions)
     app.extensions["celery"] = celery_app
     return celery_app

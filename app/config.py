@@ -53,5 +53,7 @@ def from_environment() -> dict[str, Any]:
         "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S": _float("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S", 60.0),
         "EXECUTION_SWEEP_INTERVAL_S": _float("EXECUTION_SWEEP_INTERVAL_S", 30.0),
         "EXECUTION_REQUEUE_AFTER_S": _float("EXECUTION_REQUEUE_AFTER_S", 60.0),
+        # Longer than a step's retries (about 15 min, tasks/executions.py), so no live retry is overtaken.
+        "EXECUTION_ABANDONED_AFTER_S": _float("EXECUTION_ABANDONED_AFTER_S", 1200.0),
         "JSON_SORT_KEYS": False,
     }

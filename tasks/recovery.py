@@ -1,4 +1,5 @@
-"""The worker re-queues pending executions whose chain no broker ever confirmed (the web died in between)."""
+"""The workers sweep for executions nothing else would finish: pending ones whose chain no broker ever confirmed
+(the web died in between), and running ones abandoned long past their deadline."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from tasks.chain import enqueuer
 log = logging.getLogger(__name__)
 
 
-class RequeueStranded(bootsteps.StartStopStep):  # type: ignore[misc]
+class SweepExecutions(bootsteps.StartStopStep):  # type: ignore[misc]
     """A thread in the worker's main process that sweeps every EXECUTION_SWEEP_INTERVAL_S (0 turns it off).
 
     A thread, not the worker's timer: the sweep queries the database and publishes with confirms, which must not
@@ -34,7 +35,7 @@ class RequeueStranded(bootsteps.StartStopStep):  # type: ignore[misc]
         if interval_s <= 0:
             return
         self._thread = threading.Thread(target=self._run, args=(celery_app, flask_app, interval_s),
-                                        name="requeue-stranded", daemon=True)
+                                        name="sweep-executions", daemon=True)
         self._thread.start()
 
     def stop(self, parent: Any) -> None:
@@ -44,10 +45,12 @@ class RequeueStranded(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def _run(self, celery_app: Celery, flask_app: Flask, interval_s: float) -> None:
         enqueue = enqueuer(celery_app)
-        older_than_s = float(flask_app.config["EXECUTION_REQUEUE_AFTER_S"])
+        requeue_after_s = float(flask_app.config["EXECUTION_REQUEUE_AFTER_S"])
+        abandoned_after_s = float(flask_app.config["EXECUTION_ABANDONED_AFTER_S"])
         while not self._stop.wait(interval_s):
             try:
                 with flask_app.app_context():
-                    executions.requeue_stranded(enqueue, older_than_s=older_than_s)
+                    executions.requeue_stranded(enqueue, older_than_s=requeue_after_s)
+                    executions.end_abandoned(grace_s=abandoned_after_s)
             except Exception:  # noqa: BLE001 - the database, Redis or the broker is down: the next sweep retries
                 log.warning("sweep for stranded executions failed", exc_info=True)

@@ -45,9 +45,10 @@ class Execution(db.Model):  # type: ignore[name-defined,misc]
     __table_args__ = (
         UniqueConstraint("workspace_id", "idempotency_key", name="uq_executions_idempotency"),
         Index("ix_executions_agent_created", "agent_id", "created_at", "id"),
-        # The worker's sweep for pending executions whose chain was never queued reads only these rows.
-        Index("ix_executions_pending_created", "created_at", postgresql_where=text("status = 'pending'"),
-              sqlite_where=text("status = 'pending'")),
+        # The workers' sweeps (never-queued pending, abandoned running executions) read only these rows.
+        Index("ix_executions_unfinished_created", "created_at",
+              postgresql_where=text("status IN ('pending', 'running')"),
+              sqlite_where=text("status IN ('pending', 'running')")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)

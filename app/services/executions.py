@@ -26,7 +26,7 @@ from app.services.errors import Conflict, GovernanceDenied, NotFound, Unavailabl
 from app.services.idempotency import request_hash
 from app.services.pagination import newest_first
 from app.services.streams import EventLog, client
-from app.timeutil import iso, utcnow
+from app.timeutil import as_utc, iso, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +326,38 @@ def requeue_stranded(enqueue: Enqueue, *, older_than_s: float, limit: int = 100)
                     extra={"execution_id": execution_id})
         requeued.append(execution_id)
     return requeued
+
+
+def end_abandoned(*, grace_s: float, limit: int = 100) -> list[str]:
+    """End `failed` the running executions that no task will end any more: past their deadline by more than
+    grace_s (longer than a step's retries) with no LLM run holding the lease. That happens when a worker lost
+    them, or when their last step could not even record its failure because the database was still down."""
+    now = utcnow()
+    candidates = db.session.execute(
+        select(Execution)
+        .where(Execution.status == ExecutionStatus.RUNNING.value,
+               Execution.created_at < now - timedelta(seconds=grace_s))
+        .order_by(Execution.created_at)
+        .limit(limit)
+    ).scalars().all()
+    db.session.rollback()
+    events = event_log()
+    ended: list[str] = []
+    for execution in candidates:
+        started = as_utc(execution.started_at or execution.created_at)
+        if started + timedelta(seconds=execution.timeout_s + grace_s) > now:
+            continue
+        if events.current_run(execution.id) is not None:
+            continue
+        if finalize(execution, status=ExecutionStatus.FAILED, actor="sweeper",
+                    from_statuses=[ExecutionStatus.RUNNING.value],
+                    values={"error_code": "internal_error",
+                            "error_message": "abandoned: no worker finished it before its deadline"},
+                    audit_rows=[("execution.failed", "error", {"reason": "abandoned"})]):
+            emit_terminal(execution)
+            log.warning("ended abandoned execution %s", execution.id, extra={"execution_id": execution.id})
+            ended.append(execution.id)
+    return ended
 
 
 def _dependency(exc: Exception) -> str:

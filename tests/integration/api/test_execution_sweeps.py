@@ -1,0 +1,87 @@
+"""The workers' sweeps, called directly on a real database and Redis: never-queued pending executions get their
+chain, abandoned running ones end `failed` once; live ones are left alone."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from flask import Flask
+from sqlalchemy import update
+
+from app.extensions import db
+from app.models import Execution
+from app.services import auth
+from app.services import executions as service
+from app.timeutil import utcnow
+from tests.support.api import ApiClient, new_workspace_client
+from tests.support.sse import parse
+
+
+def _request(app: Flask, api: ApiClient, agent_id: str, enqueue: Any) -> str:
+    with app.app_context():
+        principal = auth.authenticate(api.key)
+        assert principal is not None
+        body = service.ExecutionRequest(message="hi", stream=False, action="chat", timeout_s=60, metadata=None)
+        return service.request(principal, agent_id, body, idempotency_key=None, enqueue=enqueue).id
+
+
+def _age(app: Flask, execution_id: str, seconds: float, **values: Any) -> None:
+    with app.app_context():
+        db.session.execute(update(Execution).where(Execution.id == execution_id)
+                           .values(created_at=utcnow() - timedelta(seconds=seconds), **values))
+        db.session.commit()
+
+
+@pytest.fixture
+def scripted(pg_app: Flask) -> tuple[ApiClient, str]:
+    api = new_workspace_client(pg_app)
+    return api, api.create_agent(llm={"provider": "scripted"})["id"]
+
+
+def test_only_never_queued_pending_executions_are_requeued(pg_app: Flask, scripted: tuple[ApiClient, str]) -> None:
+    api, agent_id = scripted
+    sent: list[tuple[str, list[str]]] = []
+    queued = _request(pg_app, api, agent_id, lambda *args: None)  # confirmed: the web marked it queued
+    lost = _request(pg_app, api, agent_id, lambda *args: None)
+    with pg_app.app_context():
+        service.event_log().unmark_queued(lost)  # as if the web died before the confirm
+    recent = _request(pg_app, api, agent_id, lambda *args: None)
+    with pg_app.app_context():
+        service.event_log().unmark_queued(recent)  # never queued either, but younger than the grace
+    for execution_id in (queued, lost):
+        _age(pg_app, execution_id, 120)
+    with pg_app.app_context():
+        first = service.requeue_stranded(lambda *args: sent.append(args), older_than_s=60, limit=1000)
+        second = service.requeue_stranded(lambda *args: sent.append(args), older_than_s=60, limit=1000)
+        stored_task_ids = db.session.get(Execution, lost).task_ids
+    mine = {queued, lost, recent}
+    assert [e for e in first if e in mine] == [lost] and not [e for e in second if e in mine]
+    # Sent once (the claim makes a second sweep, or a second worker, skip it), with the ids cancel revokes.
+    assert [args for args in sent if args[0] in mine] == [(lost, stored_task_ids)]
+
+
+def test_abandoned_running_executions_end_failed_once(pg_app: Flask, scripted: tuple[ApiClient, str]) -> None:
+    api, agent_id = scripted
+    abandoned = _request(pg_app, api, agent_id, lambda *args: None)
+    leased = _request(pg_app, api, agent_id, lambda *args: None)
+    in_time = _request(pg_app, api, agent_id, lambda *args: None)
+    long_ago = utcnow() - timedelta(hours=2)
+    for execution_id in (abandoned, leased):
+        _age(pg_app, execution_id, 7200, status="running", started_at=long_ago, attempts=1)
+    _age(pg_app, in_time, 7200, status="running", started_at=utcnow(), attempts=1)  # still within timeout_s
+    with pg_app.app_context():
+        service.event_log().claim_run(leased, "live-run", 60_000)  # an LLM run still streaming it
+        ended = service.end_abandoned(grace_s=600, limit=1000)
+        again = service.end_abandoned(grace_s=600, limit=1000)
+    mine = {abandoned, leased, in_time}
+    assert [e for e in ended if e in mine] == [abandoned] and not [e for e in again if e in mine]
+    row = api.get(f"/executions/{abandoned}").get_json()
+    assert row["status"] == "failed" and row["error"]["code"] == "internal_error"
+    assert [api.get(f"/executions/{e}").get_json()["status"] for e in (leased, in_time)] == ["running", "running"]
+    stream = parse(api.get(f"/executions/{abandoned}/events").get_data(as_text=True))
+    assert [event.event for event in stream if event.event == "failed"] == ["failed"]
+    audit = api.get("/audit", query_string={"execution_id": abandoned}).get_json()["items"]
+    failed = [item for item in audit if item["action"] == "execution.failed"]
+    assert len(failed) == 1 and failed[0]["details"] == {"reason": "abandoned"} and failed[0]["actor"] == "sweeper"
