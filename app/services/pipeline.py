@@ -54,13 +54,6 @@ CANCEL_POLL_S = 0.01  # between emits (waits, hangs); every emit reports the fla
 INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
     sa_exc.OperationalError, sa_exc.InterfaceError, redis.ConnectionError, redis.TimeoutError,
 )
-
-
-def is_infrastructure_error(exc: BaseException) -> bool:
-    """Also a database error that cost the connection (the server ended the session, say)."""
-    return isinstance(exc, INFRASTRUCTURE_ERRORS) or (
-        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
-    )
 EXECUTIONS = Execution.__table__  # the hot path uses Core statements: no ORM flush or identity map per step
 OUTCOME_AUDIT: dict[str, list[tuple[str, str]]] = {
     "completed": [("llm.completed", "ok"), ("execution.completed", "ok")],
@@ -68,6 +61,13 @@ OUTCOME_AUDIT: dict[str, list[tuple[str, str]]] = {
     "cancelled": [("execution.cancelled", "ok")],
     "timed_out": [("execution.timed_out", "error")],
 }
+
+
+def is_infrastructure_error(exc: BaseException) -> bool:
+    """Also a database error that cost the connection (the server ended the session, say)."""
+    return isinstance(exc, INFRASTRUCTURE_ERRORS) or (
+        isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated
+    )
 
 
 @dataclass(frozen=True)
