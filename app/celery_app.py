@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
+from celery.signals import worker_process_init
 from flask import Flask
 
+from app.extensions import db
 from app.logs import log_context
 
 
@@ -27,5 +29,12 @@ def celery_init_app(app: Flask) -> Celery:
     from tasks.recovery import SweepExecutions  # tasks import app.services, which need this module loaded
 
     celery_app.steps["worker"].add(SweepExecutions)
+
+    def forget_inherited_connections(**_: Any) -> None:
+        """A pool child forked after the main process used the database (its sweep) must not share those sockets."""
+        with app.app_context():
+            db.engine.dispose(close=False)
+
+    worker_process_init.connect(forget_inherited_connections, weak=False, dispatch_uid=f"dispose-{id(app)}")
     app.extensions["celery"] = celery_app
     return celery_app
