@@ -320,8 +320,9 @@ def requeue_stranded(enqueue: Enqueue, *, older_than_s: float, limit: int = 100)
         try:
             enqueue(execution_id, list(task_ids or []))
         except Exception:
-            events.unmark_queued(execution_id)  # the next sweep tries again
+            events.unmark_queued(execution_id)  # the next sweep tries again (or the claim expires)
             raise
+        events.mark_queued(execution_id)
         log.warning("re-queued execution %s: no broker had confirmed its chain", execution_id,
                     extra={"execution_id": execution_id})
         requeued.append(execution_id)

@@ -183,9 +183,12 @@ class EventLog:
         """The broker confirmed the chain: a pending execution without this mark was never queued."""
         self.redis.set(queued_key(execution_id), "1", ex=self.retention_s)
 
-    def claim_requeue(self, execution_id: str) -> bool:
-        """Mark it queued unless it already was: True means no chain was ever confirmed, so send one now."""
-        return bool(self.redis.set(queued_key(execution_id), "1", nx=True, ex=self.retention_s))
+    def claim_requeue(self, execution_id: str, claim_s: int = 300) -> bool:
+        """Take the right to re-queue it unless it is marked queued (or claimed): True means send the chain now.
+
+        The claim expires by itself, so a sweep that died between claiming and sending does not strand it.
+        """
+        return bool(self.redis.set(queued_key(execution_id), "claimed", nx=True, ex=claim_s))
 
     def unmark_queued(self, execution_id: str) -> None:
         self.redis.delete(queued_key(execution_id))

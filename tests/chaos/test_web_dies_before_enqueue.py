@@ -30,9 +30,11 @@ def crash_before_confirm(_execution_id: str, _task_ids: list[str]) -> None:
 
 
 @pytest.mark.parametrize("stranded", [pytest.param(3, id="quick")])
-def test_executions_stranded_by_a_dead_web_process_are_requeued(stranded: int, pg_url: str, redis_url: str,
+def test_executions_stranded_by_a_dead_web_process_are_requeued(stranded: int, redis_url: str,
                                                                 tmp_path: Path) -> None:
-    with services.rabbitmq_vhost(f"chaos_{services.run_token()}") as vhost_url:
+    # A database of its own: the worker's sweep reads every pending execution in it, other tests' included.
+    with services.postgres_database(f"chaos_{services.run_token()}") as pg_url, \
+            services.rabbitmq_vhost(f"chaos_{services.run_token()}") as vhost_url:
         app = build_app(pg_url, vhost_url, redis_url)
         api = new_workspace_client(app)
         agent = api.create_agent(llm={"provider": "scripted", "options": {"chunks": CHUNKS}})

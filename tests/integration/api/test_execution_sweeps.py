@@ -1,8 +1,9 @@
-"""The workers' sweeps, called directly on a real database and Redis: never-queued pending executions get their
-chain, abandoned running ones end `failed` once; live ones are left alone."""
+"""The workers' sweeps, called directly on a real database (one of its own) and Redis: never-queued pending
+executions get their chain, abandoned running ones end `failed` once; live ones are left alone."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -15,6 +16,8 @@ from app.models import Execution
 from app.services import auth
 from app.services import executions as service
 from app.timeutil import utcnow
+from tests.conftest import build_app
+from tests.support import services
 from tests.support.api import ApiClient, new_workspace_client
 from tests.support.sse import parse
 
@@ -32,6 +35,16 @@ def _age(app: Flask, execution_id: str, seconds: float, **values: Any) -> None:
         db.session.execute(update(Execution).where(Execution.id == execution_id)
                            .values(created_at=utcnow() - timedelta(seconds=seconds), **values))
         db.session.commit()
+
+
+@pytest.fixture
+def pg_app(broker_url: str, redis_url: str) -> Iterator[Flask]:
+    """A database of its own: the session's worker sweeps every pending execution of the shared one."""
+    with services.postgres_database(f"sweeps_{services.run_token()}") as url:
+        app = build_app(url, broker_url, redis_url)
+        yield app
+        with app.app_context():
+            db.engine.dispose()
 
 
 @pytest.fixture
@@ -53,8 +66,8 @@ def test_only_never_queued_pending_executions_are_requeued(pg_app: Flask, script
     for execution_id in (queued, lost):
         _age(pg_app, execution_id, 120)
     with pg_app.app_context():
-        first = service.requeue_stranded(lambda *args: sent.append(args), older_than_s=60, limit=1000)
-        second = service.requeue_stranded(lambda *args: sent.append(args), older_than_s=60, limit=1000)
+        first = service.requeue_stranded(lambda *args: sent.append(args), older_than_s=60, limit=100)
+        second = service.requeue_stranded(lambda *args: sent.append(args), older_than_s=60, limit=100)
         stored_task_ids = db.session.get(Execution, lost).task_ids
     mine = {queued, lost, recent}
     assert [e for e in first if e in mine] == [lost] and not [e for e in second if e in mine]
@@ -73,8 +86,8 @@ def test_abandoned_running_executions_end_failed_once(pg_app: Flask, scripted: t
     _age(pg_app, in_time, 7200, status="running", started_at=utcnow(), attempts=1)  # still within timeout_s
     with pg_app.app_context():
         service.event_log().claim_run(leased, "live-run", 60_000)  # an LLM run still streaming it
-        ended = service.end_abandoned(grace_s=600, limit=1000)
-        again = service.end_abandoned(grace_s=600, limit=1000)
+        ended = service.end_abandoned(grace_s=600, limit=100)
+        again = service.end_abandoned(grace_s=600, limit=100)
     mine = {abandoned, leased, in_time}
     assert [e for e in ended if e in mine] == [abandoned] and not [e for e in again if e in mine]
     row = api.get(f"/executions/{abandoned}").get_json()
