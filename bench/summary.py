@@ -22,6 +22,11 @@ def rows() -> list[dict[str, Any]]:
                     "target": ">= 0.8", "met": execute["ratio_median"] >= 0.8,
                     "detail": f"api {last['api_executions_per_s']:.1f}/s vs bare {last['bare_chains_per_s']:.1f}/s; "
                               f"cpu {last['api_cpu_ms_each']:.0f} vs {last['bare_cpu_ms_each']:.0f} ms"})
+        if "floor_ratio_median" in execute:
+            out.append({"benchmark": "1 execute: HTTP floor / bare chain", "figure": execute["floor_ratio_median"],
+                        "target": "-", "met": "",
+                        "detail": f"a Flask view that only sends the bare chain: {last['http_floor_per_s']:.1f}/s, "
+                                  f"cpu {last['floor_cpu_ms_each']:.0f} ms"})
         latency = execute["first_delta_ms"]
         out.append({"benchmark": "1 execute: first delta p50 (ms)", "figure": latency["p50"], "target": "< 50",
                     "met": latency["p50"] < 50, "detail": f"p99 {latency['p99']:.1f} ms, n={latency['runs']}"})
