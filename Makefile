@@ -46,7 +46,7 @@ chaos: install services  ## Fault injection, quick and long runs (worker/mailbox
 
 lint: install  ## ruff and mypy
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy app tasks coordination celeryconfig.py wsgi.py
+	$(VENV)/bin/mypy app tasks coordination bench celeryconfig.py wsgi.py
 
 clean:  ## Remove the virtualenv and local SQLite data
 	rm -rf $(VENV) instance

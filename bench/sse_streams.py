@@ -228,8 +228,11 @@ def run(sizes: list[int], deltas: int, rate: float, profile_dir: Path | None = N
 
     import httpx
     from flask_migrate import upgrade
+    from sqlalchemy import select
 
     from app import create_app
+    from app.extensions import db
+    from app.models import Agent
     from app.services import auth
     from bench.execute import GUNICORN, free_port, wait_until
     from tests.support import services
@@ -260,13 +263,8 @@ def run(sizes: list[int], deltas: int, rate: float, profile_dir: Path | None = N
             headers = {"Authorization": f"Bearer {key}"}
             agent = httpx.post(f"{base}/agents", headers=headers, json={"name": "sse", "maturity_level": "AUTONOMOUS"})
             agent_id = agent.raise_for_status().json()["id"]
-            workspace_id = httpx.get(f"{base}/agents/{agent_id}", headers=headers).json().get("workspace_id")
-            if workspace_id is None:
-                with app.app_context():
-                    from app.extensions import db
-                    from app.models import Agent
-
-                    workspace_id = db.session.get(Agent, agent_id).workspace_id
+            with app.app_context():  # the API does not show an agent's workspace
+                workspace_id = db.session.execute(select(Agent.workspace_id).where(Agent.id == agent_id)).scalar_one()
             for size in sizes:
                 row = one_size(app, port, web.pid, key, workspace_id, agent_id, size, deltas, rate, Path(tmp),
                                profile_dir)
