@@ -225,7 +225,7 @@ def run(executions: int, clients: int, latency_runs: int, worker_concurrency: in
         web, floor_web = gunicorn("wsgi:app", port, env), gunicorn("bench.floor_app:app", floor_port, env)
         base, floor_base = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{floor_port}"
         try:
-            wait_until(lambda: _up(base) and _up(floor_base), 30, "gunicorn")
+            wait_until(lambda: serving(base) and serving(floor_base), 30, "gunicorn")
             tenants = [make_tenant(base, app, f"bench-{index}") for index in range(workspaces)]
             key, agent_id = tenants[0]
             engine = create_engine(database_url)
@@ -290,7 +290,8 @@ def gunicorn(target: str, port: int, env: dict[str, str]) -> subprocess.Popen[by
     )
 
 
-def _up(base: str) -> bool:
+def serving(base: str) -> bool:
+    """The web at `base` answers /healthz (for waiting on a freshly started gunicorn)."""
     try:
         return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:

@@ -234,7 +234,7 @@ def run(sizes: list[int], deltas: int, rate: float, profile_dir: Path | None = N
     from app.extensions import db
     from app.models import Agent
     from app.services import auth
-    from bench.execute import GUNICORN, free_port, wait_until
+    from bench.execute import GUNICORN, free_port, serving, wait_until
     from tests.support import services
     from tests.support.worker import ROOT
 
@@ -259,7 +259,7 @@ def run(sizes: list[int], deltas: int, rate: float, profile_dir: Path | None = N
         )
         base = f"http://127.0.0.1:{port}"
         try:
-            wait_until(lambda: _up(base), 30, "gunicorn")
+            wait_until(lambda: serving(base), 30, "gunicorn")
             headers = {"Authorization": f"Bearer {key}"}
             agent = httpx.post(f"{base}/agents", headers=headers, json={"name": "sse", "maturity_level": "AUTONOMOUS"})
             agent_id = agent.raise_for_status().json()["id"]
@@ -282,15 +282,6 @@ def run(sizes: list[int], deltas: int, rate: float, profile_dir: Path | None = N
                 web.wait(timeout=10)
     return {"rows": rows, "setup": {"web": "gunicorn gevent, 1 worker", "clients": "1 asyncio process, HTTP/1.0",
                                      "nofile": nofile, "deltas_each": deltas, "rate_per_stream": rate}}
-
-
-def _up(base: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def main() -> None:
