@@ -12,7 +12,7 @@ from app.llm.tokens import count_tokens
 from app.services.streams import stream_key
 from tests.chaos.checks import wait_for
 from tests.support.api import ApiClient
-from tests.support.sse import SseEvent, parse
+from tests.support.sse import parse, text_of
 
 TERMINAL = frozenset({"completed", "failed", "cancelled", "timed_out", "denied"})
 TERMINAL_AUDIT = frozenset({f"execution.{name}" for name in ("completed", "failed", "cancelled", "timed_out")})
@@ -46,17 +46,6 @@ def streaming_now(redis_url: str, execution_id: str, max_deltas: int, min_deltas
         return False
     since = len(events) - events[::-1].index("reset") if "reset" in events else 0
     return min_deltas <= events[since:].count("delta") <= max_deltas
-
-
-def text_of(stream: list[SseEvent]) -> str:
-    """What a client shows: deltas since the last reset."""
-    text = ""
-    for event in stream:
-        if event.event == "reset":
-            text = ""
-        elif event.event == "delta":
-            text += event.data["text"]
-    return text
 
 
 @dataclass

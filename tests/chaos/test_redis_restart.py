@@ -18,14 +18,13 @@ from tests.chaos.executions import (
     execute,
     streaming_now,
     tally,
-    text_of,
     wait_until_all_ended,
 )
 from tests.conftest import build_app
 from tests.support import services
 from tests.support.api import ApiClient, new_workspace_client
 from tests.support.redis_node import RedisNode, private_redis
-from tests.support.sse import SseEvent, iter_events
+from tests.support.sse import SseEvent, iter_events, text_of
 from tests.support.worker import WorkerProcess
 
 CHUNKS = [f"r{i} " for i in range(60)]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.support.processes import stop_group
 from tests.support.worker import _die_with_parent
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,10 +54,5 @@ class MailboxProcess:
         """SIGTERM (finishes the drain in progress); SIGKILL if it does not exit in time. The exit code."""
         if self.process is None:
             return None
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        stop_group(self.process, timeout_s)
         return self.process.returncode

@@ -38,3 +38,14 @@ def iter_events(chunks: Iterable[bytes | str]) -> Iterator[SseEvent]:
 
 def heartbeats(text: str) -> int:
     return text.count(": heartbeat\n\n")
+
+
+def text_of(stream: list[SseEvent]) -> str:
+    """What a client shows: deltas since the last reset."""
+    text = ""
+    for event in stream:
+        if event.event == "reset":
+            text = ""
+        elif event.event == "delta":
+            text += event.data["text"]
+    return text

@@ -21,7 +21,7 @@ from tests.conftest import build_app
 from tests.support import services
 from tests.support.api import ApiClient, new_workspace_client
 from tests.support.fake_llm_servers import Behaviour, FakeLLMServer
-from tests.support.sse import SseEvent, heartbeats, iter_events, parse
+from tests.support.sse import SseEvent, heartbeats, iter_events, parse, text_of
 from tests.support.worker import WorkerProcess
 
 TERMINAL = {"completed", "failed", "cancelled", "timed_out", "denied"}
@@ -76,17 +76,6 @@ def events(api: ApiClient, execution_id: str, **kwargs: Any) -> list[SseEvent]:
 def audit_actions(api: ApiClient, execution_id: str) -> list[str]:
     rows = api.get("/audit", query_string={"execution_id": execution_id, "limit": 200}).get_json()["items"]
     return [row["action"] for row in sorted(rows, key=lambda row: row["id"])]
-
-
-def text_of(stream: list[SseEvent]) -> str:
-    """What a client shows: deltas since the last reset."""
-    text = ""
-    for event in stream:
-        if event.event == "reset":
-            text = ""
-        elif event.event == "delta":
-            text += event.data["text"]
-    return text
 
 
 def assert_well_formed(stream: list[SseEvent]) -> None:
