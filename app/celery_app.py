@@ -26,9 +26,12 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.conf.update(app.config.get("CELERY", {}))
     celery_app.set_default()
     celery_app.flask_app = app  # the worker's bootsteps run outside any task, and need the app's config
+    from app.services.executions.requests import ENQUEUE_EXTENSION
+    from tasks.chain import enqueuer
     from tasks.recovery import SweepExecutions  # tasks import app.services, which need this module loaded
 
     celery_app.steps["worker"].add(SweepExecutions)
+    app.extensions[ENQUEUE_EXTENSION] = enqueuer(celery_app)
 
     def forget_inherited_connections(**_: Any) -> None:
         """A pool child forked after the main process used the database (its sweep) must not share those sockets."""

@@ -132,7 +132,7 @@ def one_size(app: Any, base_port: int, web_pid: int, key: str, workspace_id: str
     from app.extensions import db
     from app.models import Execution
     from app.models.types import new_id
-    from app.services.executions import event_log
+    from app.services.executions.events import event_log
     from app.timeutil import utcnow
 
     with app.app_context():
@@ -218,7 +218,7 @@ def one_size(app: Any, base_port: int, web_pid: int, key: str, workspace_id: str
 
 def _redis_clients(app: Any) -> int:
     with app.app_context():
-        from app.services.executions import event_log
+        from app.services.executions.events import event_log
 
         return int(event_log().redis.info("clients")["connected_clients"])
 

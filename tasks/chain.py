@@ -1,4 +1,4 @@
-"""Builds and sends governance -> llm -> persist; called only after the execution's row is committed."""
+"""The execution chain's task names and its builder: governance -> llm -> persist, sent after the row commits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from collections.abc import Callable
 from celery import Celery, chain
 from celery.canvas import Signature
 
-from tasks.executions import GOVERNANCE, LLM, PERSIST
+GOVERNANCE = "executions.governance"
+LLM = "executions.llm"
+PERSIST = "executions.persist"
 
 
 def build(celery_app: Celery, execution_id: str, task_ids: list[str]) -> Signature:

@@ -1,4 +1,4 @@
-"""The execution chain's tasks: thin wrappers that unpack, call app.services.pipeline and return JSON-safe dicts."""
+"""The execution chain's tasks: thin wrappers that unpack, call a step of app.services.executions, return JSON."""
 
 from __future__ import annotations
 
@@ -8,18 +8,17 @@ from contextlib import contextmanager
 from typing import Any
 
 from celery import Task, shared_task
-from flask import current_app
 
 from app.logs import log_context
 from app.metrics import STEP_SECONDS
-from app.services import pipeline, workflows
+from app.services import workflows
 from app.services.backoff import retry_delay
+from app.services.executions import governance_step, llm_step, persist_step
+from app.services.executions.step_support import is_infrastructure_error
+from tasks.chain import GOVERNANCE, LLM, PERSIST
 
 log = logging.getLogger(__name__)
 
-GOVERNANCE = "executions.governance"
-LLM = "executions.llm"
-PERSIST = "executions.persist"
 # A database or Redis outage in the worker: retry the step after 1, 2, 4, 8, 16, then every 30 s, about 15 min
 # in all (steps are idempotent); only then does the execution end `failed`.
 MAX_RETRIES = 34
@@ -31,23 +30,23 @@ RETRY_CAP_S = 30.0
 def governance(self: Task, execution_id: str) -> dict[str, Any]:
     """Re-check governance in the worker (the agent may have changed while the execution was queued)."""
     with _step(self, "governance", execution_id):
-        return pipeline.governance_step(execution_id)
+        return governance_step.run(execution_id)
 
 
 @shared_task(name=LLM, bind=True, max_retries=MAX_RETRIES)
 def llm(self: Task, previous: dict[str, Any]) -> dict[str, Any]:
     """Stream the provider's reply into the execution's event log."""
     with _step(self, "llm", previous.get("execution_id")):
-        return pipeline.llm_step(previous)
+        return llm_step.run(previous)
 
 
 @shared_task(name=PERSIST, bind=True, max_retries=MAX_RETRIES)
 def persist(self: Task, result: dict[str, Any]) -> dict[str, Any]:
     """Write the final state exactly once and emit the terminal event."""
     with _step(self, "persist", result.get("execution_id")):
-        outcome = pipeline.persist_step(result)
+        outcome = persist_step.run(result)
         if outcome.get("reply"):  # the execution answers an agent's message: send the reply (workflows)
-            workflows.reply_for_execution(outcome["execution_id"], enqueue=_enqueue_chain)
+            workflows.reply_for_execution(outcome["execution_id"])
         return outcome
 
 
@@ -63,7 +62,7 @@ def _step(task: Task, name: str, execution_id: str | None) -> Iterator[None]:
             yield
         except Exception as exc:
             retries = int(task.request.retries or 0)
-            if pipeline.is_infrastructure_error(exc) and retries < MAX_RETRIES:
+            if is_infrastructure_error(exc) and retries < MAX_RETRIES:
                 delay = retry_delay(retries + 1, base_s=RETRY_BASE_S, cap_s=RETRY_CAP_S)
                 log.warning("%s step: %s, retry %d in %.0fs", name, type(exc).__name__, retries + 1, delay)
                 raise task.retry(exc=exc, countdown=delay) from exc
@@ -77,13 +76,6 @@ def _give_up(name: str, execution_id: str | None, exc: Exception) -> None:
     if execution_id is None:
         return
     try:
-        pipeline.abandon(execution_id, name, exc)
+        persist_step.abandon(execution_id, name, exc)
     except Exception:  # noqa: BLE001 - the database is still gone: nothing more can be done from here
         log.exception("could not mark execution %s failed", execution_id)
-
-
-def _enqueue_chain(execution_id: str, task_ids: list[str]) -> None:
-    """Start another execution's chain from a worker (a reply that reaches an auto-reply agent)."""
-    from tasks.chain import enqueuer  # tasks.chain imports this module's task names
-
-    enqueuer(current_app.extensions["celery"])(execution_id, task_ids)

@@ -10,7 +10,7 @@ from typing import Any
 from celery import Celery, bootsteps
 from flask import Flask
 
-from app.services import executions
+from app.services.executions import sweeps
 from tasks.chain import enqueuer
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ class SweepExecutions(bootsteps.StartStopStep):  # type: ignore[misc]
         while not self._stop.wait(interval_s):
             try:
                 with flask_app.app_context():
-                    executions.requeue_stranded(enqueue, older_than_s=requeue_after_s)
-                    executions.end_abandoned(grace_s=abandoned_after_s)
+                    sweeps.requeue_stranded(enqueue, older_than_s=requeue_after_s)
+                    sweeps.end_abandoned(grace_s=abandoned_after_s)
             except Exception:  # noqa: BLE001 - the database, Redis or the broker is down: the next sweep retries
                 log.warning("sweep for stranded executions failed", exc_info=True)

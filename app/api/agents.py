@@ -10,6 +10,7 @@ from app.api.auth import current_principal
 from app.api.docs import api_doc
 from app.api.schemas import AgentCreate, AgentList, AgentOut, AgentUpdate, ErrorOut
 from app.api.validation import parse_body
+from app.llm import DEFAULT_PROVIDER
 from app.services import agents
 from app.services.pagination import parse_limit
 
@@ -34,7 +35,7 @@ def _agent_fields(model: AgentCreate | AgentUpdate) -> dict[str, Any]:
 def create_agent() -> tuple[dict[str, Any], int]:
     body = parse_body(AgentCreate)
     fields = _agent_fields(body)
-    fields["llm"] = fields.get("llm") or {"provider": "scripted"}
+    fields["llm"] = fields.get("llm") or {"provider": DEFAULT_PROVIDER}
     agent = agents.create(current_principal(), fields)
     return agents.serialize(agent), 201
 

@@ -10,9 +10,8 @@ from flask import Blueprint, Response, current_app, request
 
 from app.api.auth import current_principal
 from app.api.docs import api_doc
-from app.api.messages import sse_response
 from app.api.schemas import ErrorOut, EventAccepted, EventPublish
-from app.api.sse import HEARTBEAT
+from app.api.sse import HEARTBEAT, sse_response
 from app.api.validation import parse_body
 from app.services import events
 from coordination.errors import CoordinationError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, request
 
 from app.api.auth import current_principal
 from app.api.docs import api_doc
@@ -13,11 +13,10 @@ from app.api.execution_schemas import CancelAccepted, ExecuteRequest, ExecutionA
 from app.api.schemas import ErrorOut
 from app.api.sse import event_stream, parse_after
 from app.api.validation import parse_body
-from app.services import executions
-from app.services.executions import Enqueue, ExecutionRequest
+from app.services.executions import control, read, requests
+from app.services.executions.requests import ExecutionRequest
 from app.services.idempotency import MAX_KEY_LENGTH
 from app.services.pagination import parse_limit
-from tasks.chain import enqueuer
 
 bp = Blueprint("executions", __name__)
 
@@ -32,11 +31,6 @@ LIST_QUERY: dict[str, dict[str, Any]] = {
 EVENTS_QUERY: dict[str, dict[str, Any]] = {
     "after": {"type": "integer", "minimum": 0, "description": "resume after this event id (or Last-Event-ID)"},
 }
-
-
-def _enqueue() -> Enqueue:
-    """The chain sender of this app's own Celery instance (its broker URL)."""
-    return enqueuer(current_app.extensions["celery"])
 
 
 def _idempotency_key() -> str | None:
@@ -57,30 +51,29 @@ def _idempotency_key() -> str | None:
          tags=["executions"])
 def execute(agent_id: str) -> Response | dict[str, Any]:
     body = parse_body(ExecuteRequest)
-    execution = executions.request(
+    execution = requests.request(
         current_principal(),
         agent_id,
         ExecutionRequest(body.message, body.stream, body.action, body.timeout_s, body.metadata),
         idempotency_key=_idempotency_key(),
-        enqueue=_enqueue(),
     )
     if body.stream:
         return event_stream(execution.id, 0, headers={"X-Execution-Id": execution.id})
-    return executions.accepted(execution)
+    return read.accepted(execution)
 
 
 @bp.get("/executions/<execution_id>")
 @api_doc(summary="One execution with output, usage, attempts and steps",
          responses={200: ExecutionOut, 404: ErrorOut}, tags=["executions"])
 def get_execution(execution_id: str) -> dict[str, Any]:
-    return executions.serialize(executions.get(current_principal(), execution_id))
+    return read.serialize(read.get(current_principal(), execution_id))
 
 
 @bp.get("/agents/<agent_id>/executions")
 @api_doc(summary="An agent's executions, newest first", responses={200: ExecutionList, 404: ErrorOut},
          query=LIST_QUERY, tags=["executions"])
 def list_executions(agent_id: str) -> dict[str, Any]:
-    items, next_cursor = executions.list_for_agent(
+    items, next_cursor = read.list_for_agent(
         current_principal(),
         agent_id,
         status=request.args.get("status") or None,
@@ -95,7 +88,7 @@ def list_executions(agent_id: str) -> dict[str, Any]:
          responses={200: EVENTS_DOC, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut}, query=EVENTS_QUERY,
          tags=["executions"])
 def execution_events(execution_id: str) -> Response:
-    execution = executions.get(current_principal(), execution_id)
+    execution = read.get(current_principal(), execution_id)
     after = parse_after(request.args.get("after"), request.headers.get("Last-Event-ID"))
     return event_stream(execution.id, after)
 
@@ -104,7 +97,7 @@ def execution_events(execution_id: str) -> Response:
 @api_doc(summary="Cancel: a queued execution ends now, a running one within one chunk",
          responses={202: CancelAccepted, 404: ErrorOut, 409: ErrorOut}, tags=["executions"])
 def cancel_execution(execution_id: str) -> tuple[dict[str, Any], int]:
-    execution = executions.cancel(current_principal(), execution_id)
+    execution = control.cancel(current_principal(), execution_id)
     return {"execution_id": execution.id, "status": execution.status, "cancel_requested": True}, 202
 
 
@@ -112,12 +105,11 @@ def cancel_execution(execution_id: str) -> tuple[dict[str, Any], int]:
 @api_doc(summary="Approve an execution awaiting approval; its chain is enqueued",
          responses={202: ExecutionOut, 404: ErrorOut, 409: ErrorOut, 503: ErrorOut}, tags=["executions"])
 def approve_execution(execution_id: str) -> tuple[dict[str, Any], int]:
-    execution = executions.approve(current_principal(), execution_id, enqueue=_enqueue())
-    return executions.serialize(execution), 202
+    return read.serialize(control.approve(current_principal(), execution_id)), 202
 
 
 @bp.post("/executions/<execution_id>/reject")
 @api_doc(summary="Reject an execution awaiting approval; it ends denied",
          responses={200: ExecutionOut, 404: ErrorOut, 409: ErrorOut}, tags=["executions"])
 def reject_execution(execution_id: str) -> dict[str, Any]:
-    return executions.serialize(executions.reject(current_principal(), execution_id))
+    return read.serialize(control.reject(current_principal(), execution_id))

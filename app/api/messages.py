@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Response, current_app, request
@@ -13,13 +13,10 @@ from app.api.auth import current_principal
 from app.api.docs import api_doc
 from app.api.errors import ApiError
 from app.api.schemas import DeadLetterList, ErrorOut, MessageList, MessageSend, MessageSent
-from app.api.sse import HEARTBEAT, parse_after
+from app.api.sse import HEARTBEAT, parse_after, sse_response
 from app.api.validation import parse_body
-from app.metrics import track_open_stream
 from app.services import messaging, workflows
-from app.services.executions import Enqueue
 from app.services.messaging import MessageRequest
-from tasks.chain import enqueuer
 
 bp = Blueprint("messages", __name__)
 
@@ -43,11 +40,6 @@ def _int_arg(name: str, default: int) -> int:
     return int(text)
 
 
-def _enqueue() -> Enqueue:
-    """The chain sender of this app's own Celery instance (its broker URL)."""
-    return enqueuer(current_app.extensions["celery"])
-
-
 @bp.post("/agents/<agent_id>/messages")
 @api_doc(summary="Send a message to another agent of the workspace (201 once the broker confirmed it)",
          body=MessageSend, responses={201: MessageSent, 404: ErrorOut, 409: ErrorOut, 413: ErrorOut, 422: ErrorOut,
@@ -60,7 +52,6 @@ def send_message(agent_id: str) -> tuple[dict[str, Any], int]:
         agent_id,
         MessageRequest(to_agent_id=body.to_agent_id, message=body.message, correlation_id=body.correlation_id,
                        message_id=body.message_id, execute=body.execute),
-        enqueue=_enqueue(),
     )
     return result, 201
 
@@ -76,16 +67,6 @@ def read_messages(agent_id: str) -> dict[str, Any]:
 def format_message(row: dict[str, Any]) -> str:
     """One inbox row as an SSE event: `id:` is its seq."""
     return f"id: {row['seq']}\nevent: message\ndata: {json.dumps(row, separators=(',', ':'), ensure_ascii=False)}\n\n"
-
-
-def sse_response(events: Iterator[str], kind: str, on_close: Callable[[], None] | None = None) -> Response:
-    """200 text/event-stream, unbuffered by proxies, counted in sse_open_streams."""
-    response = Response(track_open_stream(kind, events), mimetype="text/event-stream")
-    if on_close is not None:
-        response.call_on_close(on_close)  # also when the client left before the first chunk
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    return response
 
 
 @bp.get("/agents/<agent_id>/messages/stream")

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
+from app.llm import DEFAULT_PROVIDER
+
 Maturity = Literal["STUDENT", "INTERN", "SUPERVISED", "AUTONOMOUS"]
 ProviderName = Literal["scripted", "openai", "anthropic"]
 
@@ -17,7 +19,7 @@ class Strict(BaseModel):
 
 
 class LlmConfig(Strict):
-    provider: ProviderName = "scripted"
+    provider: ProviderName = DEFAULT_PROVIDER
     model: StrictStr | None = Field(default=None, max_length=200)
     credential_id: StrictStr | None = Field(default=None, max_length=36)
     options: dict[str, Any] = Field(default_factory=dict)

@@ -1,14 +1,15 @@
-"""Server-sent events framing for execution events, and where a resuming client left off."""
+"""Server-sent events: the one response builder, execution event framing, and where a resuming client left off."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing
 
 from flask import Response, current_app, stream_with_context
 
 from app.api.errors import ApiError
+from app.metrics import track_open_stream
 from app.services.event_feed import open_feed
 from app.services.streams import Event
 
@@ -34,8 +35,26 @@ def parse_after(query_after: str | None, last_event_id: str | None) -> int:
     return 0
 
 
+def sse_response(events: Iterator[str], kind: str, *, on_close: Callable[[], None] | None = None,
+                 headers: dict[str, str] | None = None, keep_context: bool = False) -> Response:
+    """200 text/event-stream, unbuffered by proxies, counted in sse_open_streams{kind} while it is read.
+
+    The one builder of every SSE answer: execution events, the inbox and the event bus. keep_context keeps the
+    request (and app) context for a generator that still reads the database.
+    """
+    body = track_open_stream(kind, events)
+    response = Response(stream_with_context(body) if keep_context else body, mimetype="text/event-stream")
+    if on_close is not None:
+        response.call_on_close(on_close)  # also when the client left before the first chunk
+    response.headers["Cache-Control"] = "no-cache"
+    response.headers["X-Accel-Buffering"] = "no"
+    for name, value in (headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
 def event_stream(execution_id: str, after: int, headers: dict[str, str] | None = None) -> Response:
-    """200 text/event-stream: replay after `after`, follow live, heartbeat, close after the terminal event."""
+    """An execution's events: replay after `after`, follow live, heartbeat, close after the terminal event."""
     feed = open_feed(execution_id, after, heartbeat_s=float(current_app.config["SSE_HEARTBEAT_S"]))
 
     def generate() -> Iterator[str]:
@@ -43,9 +62,4 @@ def event_stream(execution_id: str, after: int, headers: dict[str, str] | None =
             for item in feed:
                 yield HEARTBEAT if item is None else format_event(item)
 
-    response = Response(stream_with_context(generate()), mimetype="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
-    response.headers["X-Accel-Buffering"] = "no"
-    for name, value in (headers or {}).items():
-        response.headers[name] = value
-    return response
+    return sse_response(generate(), "executions", headers=headers, keep_context=True)

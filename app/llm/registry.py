@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Final
+
 import httpx
 
 from app.llm import anthropic, openai, scripted
 from app.llm.base import Provider, Timeouts
 
 PROVIDERS: frozenset[str] = frozenset({"scripted", "openai", "anthropic"})
-DEFAULT_PROVIDER = "scripted"
+DEFAULT_PROVIDER: Final = "scripted"
 DEFAULT_MODELS: dict[str, str] = {
     "scripted": scripted.DEFAULT_MODEL,
     "openai": openai.DEFAULT_MODEL,

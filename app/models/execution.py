@@ -18,6 +18,8 @@ class ExecutionStatus(enum.StrEnum):
     PENDING = "pending"
     AWAITING_APPROVAL = "awaiting_approval"
     RUNNING = "running"
+    REQUIRES_ACTION = "requires_action"
+    WAITING = "waiting"
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -7,6 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from app.extensions import db
+from app.llm import DEFAULT_PROVIDER
 from app.models import Agent
 from app.services import audit, events, inboxes
 from app.services.auth import Principal
@@ -23,7 +24,7 @@ def serialize(agent: Agent) -> dict[str, Any]:
         "confidence_score": agent.confidence_score,
         "status": agent.status,
         "system_prompt": agent.system_prompt,
-        "llm": agent.llm or {"provider": "scripted"},
+        "llm": agent.llm or {"provider": DEFAULT_PROVIDER},
         "auto_reply": agent.auto_reply,
         "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -57,32 +59,40 @@ def _lock_chain_head(conn: Session | Connection, workspace_id: str) -> str:
     return head or GENESIS_HASH
 
 
-def _chained_values(
-    conn: Session | Connection,
-    *,
-    workspace_id: str,
-    actor: str,
-    action: str,
-    result: str,
-    agent_id: str | None,
-    execution_id: str | None,
-    details: dict[str, Any] | None,
-) -> dict[str, Any]:
-    """The next row of the workspace's chain, with the chain head locked until the caller's transaction ends."""
-    if result not in RESULTS:
-        raise ValueError(f"unknown audit result {result!r}")
-    prev_hash = _lock_chain_head(conn, workspace_id)
-    fields: dict[str, Any] = {
-        "at": utcnow(),
-        "workspace_id": workspace_id,
-        "actor": actor,
-        "agent_id": agent_id,
-        "execution_id": execution_id,
-        "action": action,
-        "result": result,
-        "details": json.loads(json.dumps(details or {}, default=str)),
-    }
-    return {**fields, "prev_hash": prev_hash, "hash": row_digest(prev_hash=prev_hash, **fields)}
+@dataclass(frozen=True)
+class Entry:
+    """One audit row to append: who did what to which agent or execution, with what result."""
+
+    workspace_id: str
+    actor: str
+    action: str
+    result: str = "ok"
+    agent_id: str | None = None
+    execution_id: str | None = None
+    details: dict[str, Any] | None = None
+
+
+def _chained_rows(prev_hash: str, entries: Sequence[Entry]) -> list[dict[str, Any]]:
+    """The rows that extend a chain whose head is prev_hash, in order; the one place a row is built."""
+    at = utcnow()
+    rows = []
+    for entry in entries:
+        if entry.result not in RESULTS:
+            raise ValueError(f"unknown audit result {entry.result!r}")
+        fields: dict[str, Any] = {
+            "at": at,
+            "workspace_id": entry.workspace_id,
+            "actor": entry.actor,
+            "agent_id": entry.agent_id,
+            "execution_id": entry.execution_id,
+            "action": entry.action,
+            "result": entry.result,
+            "details": json.loads(json.dumps(entry.details or {}, default=str)),
+        }
+        digest = row_digest(prev_hash=prev_hash, **fields)
+        rows.append({**fields, "prev_hash": prev_hash, "hash": digest})
+        prev_hash = digest
+    return rows
 
 
 def record(
@@ -94,84 +104,26 @@ def record(
     agent_id: str | None = None,
     execution_id: str | None = None,
     details: dict[str, Any] | None = None,
-) -> AuditLog:
-    """Append one row in the current transaction; the caller commits it with the change it records."""
-    row = AuditLog(
-        **_chained_values(
-            db.session(),
-            workspace_id=workspace_id,
-            actor=actor,
-            action=action,
-            result=result,
-            agent_id=agent_id,
-            execution_id=execution_id,
-            details=details,
-        )
-    )
-    db.session.add(row)
-    db.session.flush()
-    return row
-
-
-def record_on(
-    conn: Connection,
-    *,
-    workspace_id: str,
-    actor: str,
-    action: str,
-    result: str = "ok",
-    agent_id: str | None = None,
-    execution_id: str | None = None,
-    details: dict[str, Any] | None = None,
+    conn: Session | Connection | None = None,
 ) -> None:
-    """Append one row on a raw connection (coordination's store hooks), committed with the caller's transaction."""
-    values = _chained_values(
-        conn,
-        workspace_id=workspace_id,
-        actor=actor,
-        action=action,
-        result=result,
-        agent_id=agent_id,
-        execution_id=execution_id,
-        details=details,
-    )
-    conn.execute(insert(AuditLog.__table__).values(**values))
+    """Append one row in the current transaction (or conn's); the caller commits it with the change it records."""
+    record_many([Entry(workspace_id, actor, action, result, agent_id, execution_id, details)], conn)
 
 
-def record_many(entries: list[dict[str, Any]], conn: Session | Connection | None = None) -> None:
+def record_many(entries: Sequence[Entry], conn: Session | Connection | None = None) -> None:
     """Append several rows of ONE workspace's chain in the current transaction: the chain head is locked and read
     once and the rows go in as one executemany INSERT (Core, no ORM flush), in list order.
 
     Call it as the last statement before COMMIT: the workspace lock is held from here to the end of the
-    transaction, and every appender of the workspace waits for it. Each entry takes record()'s keywords
-    (workspace_id, actor, action, result="ok", agent_id, execution_id, details).
+    transaction, and every appender of the workspace waits for it.
     """
     if not entries:
         return
     target = conn if conn is not None else db.session()
-    workspace_id = entries[0]["workspace_id"]
-    if any(entry["workspace_id"] != workspace_id for entry in entries):
+    workspace_id = entries[0].workspace_id
+    if any(entry.workspace_id != workspace_id for entry in entries):
         raise ValueError("record_many appends to one workspace's chain")
-    for entry in entries:
-        if entry.get("result", "ok") not in RESULTS:
-            raise ValueError(f"unknown audit result {entry.get('result')!r}")
-    prev_hash = _lock_chain_head(target, workspace_id)
-    at = utcnow()
-    rows = []
-    for entry in entries:
-        fields: dict[str, Any] = {
-            "at": at,
-            "workspace_id": workspace_id,
-            "actor": entry["actor"],
-            "agent_id": entry.get("agent_id"),
-            "execution_id": entry.get("execution_id"),
-            "action": entry["action"],
-            "result": entry.get("result", "ok"),
-            "details": json.loads(json.dumps(entry.get("details") or {}, default=str)),
-        }
-        digest = row_digest(prev_hash=prev_hash, **fields)
-        rows.append({**fields, "prev_hash": prev_hash, "hash": digest})
-        prev_hash = digest
+    rows = _chained_rows(_lock_chain_head(target, workspace_id), entries)
     target.execute(insert(AuditLog.__table__), rows)
 
 

@@ -10,7 +10,7 @@ def retry_delay(attempt: int, *, base_s: float, cap_s: float, retry_after_s: flo
     """
     if attempt < 1:
         raise ValueError("attempt counts from 1")
-    delay = min(cap_s, base_s * (2 ** min(attempt - 1, 32)))
+    delay = min(cap_s, base_s * float(2 ** min(attempt - 1, 32)))
     if retry_after_s is not None and retry_after_s > delay:
         delay = min(cap_s, retry_after_s)
     return max(0.0, delay)

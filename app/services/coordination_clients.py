@@ -47,8 +47,8 @@ def on_stored(conn: Connection, row: dict[str, Any]) -> None:
     """Runs inside the store transaction: the `message.stored` audit row commits with the inbox row."""
     workspace_id = row.get("workspace_id")
     if workspace_id:
-        audit.record_on(
-            conn,
+        audit.record(
+            conn=conn,
             workspace_id=workspace_id,
             actor=STORE_ACTOR,
             agent_id=row["to_agent_id"],
@@ -69,8 +69,8 @@ def on_dead_lettered(conn: Connection, row: dict[str, Any]) -> None:
     """Runs inside the dead-letter store transaction: a poison message leaves an audit trail."""
     workspace_id = row.get("workspace_id")
     if workspace_id:
-        audit.record_on(
-            conn,
+        audit.record(
+            conn=conn,
             workspace_id=workspace_id,
             actor=STORE_ACTOR,
             agent_id=row.get("to_agent_id"),

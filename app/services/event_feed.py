@@ -7,8 +7,8 @@ from collections.abc import Generator, Iterable
 from flask import current_app
 
 from app.extensions import db
-from app.models import Execution
-from app.services.executions import emit_terminal, event_log, is_terminal, terminal_event
+from app.models import Execution, ExecutionStatus
+from app.services.executions.events import emit_terminal, event_log, terminal_event
 from app.services.stream_fanout import StreamFanout, fanout
 from app.services.streams import Event, EventLog
 
@@ -29,7 +29,7 @@ def _finished_row(execution_id: str) -> Execution | None:
         execution = db.session.get(Execution, execution_id)
         if execution is not None:
             db.session.refresh(execution)
-        return execution if execution is not None and is_terminal(execution.status) else None
+        return execution if execution is not None and ExecutionStatus(execution.status).terminal else None
     finally:
         db.session.close()
 

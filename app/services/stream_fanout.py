@@ -12,7 +12,6 @@ stream, which is part of every XREAD (see docs/decisions.md).
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Any
 
 import redis
 
+from app.services.process_local import per_process
 from app.services.streams import Event, client, decode_entry, stream_key
 
 log = logging.getLogger(__name__)
@@ -256,15 +256,6 @@ class StreamFanout:
                     subscription.put(error)
 
 
-_fanouts: dict[tuple[int, str], StreamFanout] = {}
-_fanouts_lock = threading.Lock()
-
-
 def fanout(url: str) -> StreamFanout:
     """This process's reader for the Redis at `url`, made on first use (so a forked child makes its own)."""
-    key = (os.getpid(), url)
-    with _fanouts_lock:
-        found = _fanouts.get(key)
-        if found is None:
-            found = _fanouts[key] = StreamFanout(url)
-        return found
+    return per_process("stream_fanout", (url,), lambda: StreamFanout(url))

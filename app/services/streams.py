@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -12,6 +11,8 @@ from typing import Any
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
+from app.services.process_local import per_process
 
 TERMINAL_EVENTS = frozenset({"completed", "failed", "cancelled", "timed_out", "denied"})
 EVENT_TYPES = frozenset({"status", "delta", "reset"}) | TERMINAL_EVENTS
@@ -95,29 +96,19 @@ def queued_key(execution_id: str) -> str:
     return f"exec:{execution_id}:queued"
 
 
-_clients: dict[tuple[int, str], redis.Redis] = {}
-_clients_lock = threading.Lock()
-
-
 def client(url: str) -> redis.Redis:
     """One client (and connection pool) per process and URL; redis-py pools are greenlet and fork aware."""
-    key = (os.getpid(), url)
-    with _clients_lock:
-        found = _clients.get(key)
-        if found is None:
-            found = redis.Redis.from_url(
-                url,
-                socket_connect_timeout=2.0,
-                socket_timeout=MAX_BLOCK_MS / 1000 + 30,  # above any XREAD BLOCK (redis-py's default is 5 s)
-                socket_keepalive=True,
-                health_check_interval=30,
-                max_connections=MAX_CONNECTIONS,
-                # Ride out a Redis restart (~1 s) instead of failing in-flight executions: redis-py's default
-                # (10 tries, jittered backoff from 10 ms) gave up after ~0.4 s (tests/chaos/test_redis_restart.py).
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RECONNECT_TRIES),
-            )
-            _clients[key] = found
-        return found
+    return per_process("redis", (url,), lambda: redis.Redis.from_url(
+        url,
+        socket_connect_timeout=2.0,
+        socket_timeout=MAX_BLOCK_MS / 1000 + 30,  # above any XREAD BLOCK (redis-py's default is 5 s)
+        socket_keepalive=True,
+        health_check_interval=30,
+        max_connections=MAX_CONNECTIONS,
+        # Ride out a Redis restart (~1 s) instead of failing in-flight executions: redis-py's default
+        # (10 tries, jittered backoff from 10 ms) gave up after ~0.4 s (tests/chaos/test_redis_restart.py).
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RECONNECT_TRIES),
+    ))
 
 
 def parse_stream_id(raw: bytes | str) -> int:
@@ -211,3 +202,9 @@ class EventLog:
 
     def cancel_requested(self, execution_id: str) -> bool:
         return bool(self.redis.exists(cancel_key(execution_id)))
+
+
+def event_log(redis_url: str, *, max_events: int, retention_s: int) -> EventLog:
+    """The event log on one Redis, once per process and settings (it registers its scripts once)."""
+    return per_process("event_log", (redis_url, max_events, retention_s),
+                       lambda: EventLog(client(redis_url), max_events=max_events, retention_s=retention_s))

@@ -19,10 +19,11 @@ from flask import current_app
 
 from app.extensions import db
 from app.models import Agent, Execution, ExecutionStatus
-from app.services import audit, executions, messaging
+from app.services import audit, messaging
 from app.services.auth import Principal
 from app.services.errors import GovernanceDenied, Unavailable, ValidationFailed
-from app.services.executions import Enqueue, ExecutionRequest
+from app.services.executions import llm_config, requests
+from app.services.executions.requests import Enqueue, ExecutionRequest
 from app.services.messaging import MessageRequest
 from coordination.workflows import next_hop, reply_message_id
 
@@ -58,8 +59,8 @@ def _refuse(workspace_id: str, actor: str, from_agent_id: str, to_agent_id: str,
     db.session.commit()
 
 
-def start_execution(principal: Principal, receiver: Agent, envelope: dict[str, Any], *, enqueue: Enqueue,
-                    explicit: bool) -> str | None:
+def start_execution(principal: Principal, receiver: Agent, envelope: dict[str, Any], *, explicit: bool,
+                    enqueue: Enqueue | None = None) -> str | None:
     """Run the receiver on a delivered message; returns the execution_id (None when the hop limit refuses)."""
     hop = int(envelope.get("hop") or 0)
     correlation_id = envelope.get("correlation_id") or envelope["message_id"]
@@ -77,7 +78,7 @@ def start_execution(principal: Principal, receiver: Agent, envelope: dict[str, A
                   "in_reply_to": envelope["message_id"]},
     )
     try:
-        execution = executions.request(principal, receiver.id, body,
+        execution = requests.request(principal, receiver.id, body,
                                        idempotency_key=f"message:{envelope['message_id']}", enqueue=enqueue)
     except GovernanceDenied as exc:  # recorded as a denied execution; the message itself was delivered
         return str(exc.details.get("execution_id")) if exc.details.get("execution_id") else None
@@ -85,14 +86,14 @@ def start_execution(principal: Principal, receiver: Agent, envelope: dict[str, A
 
 
 def send_message(principal: Principal, from_agent_id: str, request: MessageRequest, *,
-                 enqueue: Enqueue) -> dict[str, Any]:
+                 enqueue: Enqueue | None = None) -> dict[str, Any]:
     """POST /agents/{id}/messages: confirmed send, then the receiver's execution when asked or configured."""
     if request.execute:
         receiver = messaging.receiver_of(principal, from_agent_id, request.to_agent_id)[1]
         if not as_text(request.message) or len(as_text(request.message)) > MAX_EXECUTION_MESSAGE:
             raise ValidationFailed(f"execute needs a message of 1..{MAX_EXECUTION_MESSAGE} characters as text",
                                    {"field": "message"})
-        executions.check_llm_config(principal.workspace_id, receiver)
+        llm_config.check(principal.workspace_id, receiver)
     receiver, sent = messaging.send(principal, from_agent_id, request)
     result: dict[str, Any] = {**sent, "execution_id": None}
     if request.execute or receiver.auto_reply:
@@ -121,7 +122,7 @@ def _deliver_reply(**fields: Any) -> dict[str, Any] | None:
     return None
 
 
-def reply_for_execution(execution_id: str, *, enqueue: Enqueue) -> dict[str, Any] | None:
+def reply_for_execution(execution_id: str, *, enqueue: Enqueue | None = None) -> dict[str, Any] | None:
     """Called once the persist step ran (also on a redelivery): send a completed execution's output back."""
     execution = db.session.get(Execution, execution_id)
     meta = (execution.meta or {}) if execution is not None else {}

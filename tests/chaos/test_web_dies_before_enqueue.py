@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.services import auth
-from app.services import executions as execution_service
+from app.services.executions import requests as execution_service
 from tests.chaos.checks import report
 from tests.chaos.executions import execute, tally, wait_until_all_ended
 from tests.conftest import build_app

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from flask import Flask
 
 from app.services.event_feed import open_feed
-from app.services.executions import event_log
+from app.services.executions.events import event_log
 from app.services.streams import Event, EventLog
 
 

@@ -6,7 +6,7 @@ import pytest
 import redis
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
-from app.services.pipeline import is_infrastructure_error
+from app.services.executions.step_support import is_infrastructure_error
 
 
 def _dbapi(kind: type[DBAPIError], *, invalidated: bool = False) -> DBAPIError:

@@ -14,7 +14,8 @@ from sqlalchemy import update
 from app.extensions import db
 from app.models import Execution
 from app.services import auth
-from app.services import executions as service
+from app.services.executions import requests, sweeps
+from app.services.executions.events import event_log
 from app.timeutil import utcnow
 from tests.conftest import build_app
 from tests.support import services
@@ -26,8 +27,8 @@ def _request(app: Flask, api: ApiClient, agent_id: str, enqueue: Any) -> str:
     with app.app_context():
         principal = auth.authenticate(api.key)
         assert principal is not None
-        body = service.ExecutionRequest(message="hi", stream=False, action="chat", timeout_s=60, metadata=None)
-        return service.request(principal, agent_id, body, idempotency_key=None, enqueue=enqueue).id
+        body = requests.ExecutionRequest(message="hi", stream=False, action="chat", timeout_s=60, metadata=None)
+        return requests.request(principal, agent_id, body, idempotency_key=None, enqueue=enqueue).id
 
 
 def _age(app: Flask, execution_id: str, seconds: float, **values: Any) -> None:
@@ -59,15 +60,15 @@ def test_only_never_queued_pending_executions_are_requeued(pg_app: Flask, script
     queued = _request(pg_app, api, agent_id, lambda *args: None)  # confirmed: the web marked it queued
     lost = _request(pg_app, api, agent_id, lambda *args: None)
     with pg_app.app_context():
-        service.event_log().unmark_queued(lost)  # as if the web died before the confirm
+        event_log().unmark_queued(lost)  # as if the web died before the confirm
     recent = _request(pg_app, api, agent_id, lambda *args: None)
     with pg_app.app_context():
-        service.event_log().unmark_queued(recent)  # never queued either, but younger than the grace
+        event_log().unmark_queued(recent)  # never queued either, but younger than the grace
     for execution_id in (queued, lost):
         _age(pg_app, execution_id, 120)
     with pg_app.app_context():
-        first = service.requeue_stranded(lambda *args: sent.append(args), older_than_s=60, limit=100)
-        second = service.requeue_stranded(lambda *args: sent.append(args), older_than_s=60, limit=100)
+        first = sweeps.requeue_stranded(lambda *args: sent.append(args), older_than_s=60, limit=100)
+        second = sweeps.requeue_stranded(lambda *args: sent.append(args), older_than_s=60, limit=100)
         stored_task_ids = db.session.get(Execution, lost).task_ids
     mine = {queued, lost, recent}
     assert [e for e in first if e in mine] == [lost] and not [e for e in second if e in mine]
@@ -85,9 +86,9 @@ def test_abandoned_running_executions_end_failed_once(pg_app: Flask, scripted: t
         _age(pg_app, execution_id, 7200, status="running", started_at=long_ago, attempts=1)
     _age(pg_app, in_time, 7200, status="running", started_at=utcnow(), attempts=1)  # still within timeout_s
     with pg_app.app_context():
-        service.event_log().claim_run(leased, "live-run", 60_000)  # an LLM run still streaming it
-        ended = service.end_abandoned(grace_s=600, limit=100)
-        again = service.end_abandoned(grace_s=600, limit=100)
+        event_log().claim_run(leased, "live-run", 60_000)  # an LLM run still streaming it
+        ended = sweeps.end_abandoned(grace_s=600, limit=100)
+        again = sweeps.end_abandoned(grace_s=600, limit=100)
     mine = {abandoned, leased, in_time}
     assert [e for e in ended if e in mine] == [abandoned] and not [e for e in again if e in mine]
     row = api.get(f"/executions/{abandoned}").get_json()

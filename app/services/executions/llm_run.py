@@ -1,0 +1,112 @@
+"""One LLM run's hold on its execution: a short Redis lease, its deadline, and why it was told to stop.
+
+The lease makes the LLM step idempotent: a redelivered task (worker killed, acks late) waits while a live run
+holds it, and a run whose lease was taken over emits nothing more (the stream refuses it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from flask import current_app
+from sqlalchemy import select
+
+from app.extensions import db
+from app.llm import Timeouts
+from app.models import Execution, ExecutionStatus
+from app.services.streams import EventLog
+
+LEASE_MS = 5000
+REFRESH_EVERY_S = 1.0
+CLAIM_POLL_S = 0.1
+CANCEL_POLL_S = 0.01  # between emits (waits, hangs); every emit reports the flag anyway
+
+
+class Lost(Exception):  # noqa: N818 - control flow
+    """Another run owns the execution now, or it already ended: stop without writing anything."""
+
+
+@dataclass(frozen=True)
+class LlmSettings:
+    """Retry and network limits for the LLM step, from the app config."""
+
+    max_attempts: int
+    retry_base_s: float
+    retry_cap_s: float
+    timeouts: Timeouts
+
+    @classmethod
+    def from_config(cls) -> LlmSettings:
+        config = current_app.config
+        return cls(
+            max_attempts=int(config["LLM_MAX_ATTEMPTS"]),
+            retry_base_s=float(config["LLM_RETRY_BASE_S"]),
+            retry_cap_s=float(config["LLM_RETRY_CAP_S"]),
+            timeouts=Timeouts(connect=float(config["LLM_CONNECT_TIMEOUT_S"]),
+                              read=float(config["LLM_READ_TIMEOUT_S"])),
+        )
+
+
+@dataclass
+class Run:
+    """One LLM run's state: its lease token, deadline and why it was told to stop."""
+
+    execution_id: str
+    token: str
+    events: EventLog
+    deadline: float
+    stop_reason: str | None = None
+    last_refresh: float = 0.0
+    last_cancel_check: float = 0.0
+    cancel_seen: bool = False
+
+    def should_stop(self) -> bool:
+        """Polled between chunks and while waiting: timeout, lost lease, or the cancel flag."""
+        now = time.monotonic()
+        if now >= self.deadline:
+            self.stop_reason = "timed_out"
+            return True
+        if now - self.last_refresh >= REFRESH_EVERY_S:
+            self.last_refresh = now
+            if not self.events.refresh_run(self.execution_id, self.token, LEASE_MS):
+                self.stop_reason = "lost"
+                return True
+        if self.cancel_seen or (
+            now - self.last_cancel_check >= CANCEL_POLL_S and self._check_cancel(now)
+        ):
+            self.stop_reason = "cancelled"
+            return True
+        return False
+
+    def _check_cancel(self, now: float) -> bool:
+        self.last_cancel_check = now
+        self.cancel_seen = self.events.cancel_requested(self.execution_id)
+        return self.cancel_seen
+
+    def emit(self, event: str, data: dict[str, Any]) -> int:
+        """Append an event; the same round trip reports the cancel flag, so every chunk checks it for free."""
+        event_id, cancelled = self.events.emit_checking_cancel(self.execution_id, event, data, run=self.token)
+        if event_id < 0:
+            raise Lost()
+        self.last_cancel_check = time.monotonic()
+        self.cancel_seen = self.cancel_seen or cancelled
+        return event_id
+
+
+def claim(events: EventLog, execution_id: str, token: str) -> bool:
+    """Take the lease; while a live run holds it, wait (a duplicate delivery), unless the execution ends."""
+    give_up: float | None = None
+    while not events.claim_run(execution_id, token, LEASE_MS):
+        found = db.session.execute(
+            select(Execution.status, Execution.timeout_s).where(Execution.id == execution_id)
+        ).one_or_none()
+        db.session.rollback()
+        if found is None or ExecutionStatus(found.status).terminal:
+            return False
+        give_up = give_up or time.monotonic() + found.timeout_s + 60
+        if time.monotonic() > give_up:
+            return False
+        time.sleep(CLAIM_POLL_S)
+    return True

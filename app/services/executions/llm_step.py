@@ -1,0 +1,208 @@
+"""The chain's LLM step: stream the provider's reply into the execution's event log, retrying transient errors.
+
+Idempotent: the run's lease (llm_run) lets one run stream at a time; a run that finds the execution already
+`running` restarts it and announces `reset` {attempt}. It writes no final state: the persist step does.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Row, func, update
+
+from app.extensions import db
+from app.llm import Delta, FatalProviderError, Provider, ProviderError, Stopped, TransientProviderError, Usage
+from app.llm.stopping import wait_or_stop
+from app.metrics import LLM_FIRST_DELTA, LLM_SECONDS, LLM_TOKENS
+from app.models import Agent, ExecutionStatus
+from app.services import audit
+from app.services.backoff import retry_delay
+from app.services.executions import llm_config, state
+from app.services.executions.events import event_log
+from app.services.executions.llm_run import LlmSettings, Lost, Run, claim
+from app.services.executions.step_support import ACTOR, is_infrastructure_error, skipped, step_record
+from app.timeutil import as_utc, iso, utcnow
+
+log = logging.getLogger(__name__)
+
+EXECUTIONS = state.EXECUTIONS
+
+
+@dataclass(frozen=True)
+class Running:
+    """What the LLM step needs of its execution, as returned by the UPDATE that marked it running."""
+
+    id: str
+    workspace_id: str
+    agent_id: str
+    message: str
+    timeout_s: int
+    started_at: datetime
+    attempts: int
+
+
+def _started_audit(row: Row[Any]) -> list[state.Audit]:
+    """llm.started once; llm.retried when a run starts over after a lost worker."""
+    if int(row.attempts) == 1:
+        return [state.Audit("llm.started", "ok", {"attempt": 1})]
+    return [state.Audit("llm.retried", "ok", {"attempt": int(row.attempts), "reason": "restarted after a lost worker"})]
+
+
+def _mark_running(execution_id: str, steps: list[dict[str, Any]]) -> Running | None:
+    """pending|running -> running, attempts + 1; None if the execution is not pending or running any more."""
+    row = state.move(
+        execution_id, ExecutionStatus.RUNNING, actor=ACTOR,
+        from_statuses=[ExecutionStatus.PENDING, ExecutionStatus.RUNNING],
+        values={"attempts": EXECUTIONS.c.attempts + 1,
+                "started_at": func.coalesce(EXECUTIONS.c.started_at, utcnow()), "steps": steps},
+        audit_rows=_started_audit,
+        announce=False,  # the run announces it on the stream under its lease
+    )
+    if row is None:
+        return None
+    return Running(execution_id, row.workspace_id, row.agent_id, row.message, int(row.timeout_s),
+                   row.started_at, int(row.attempts))
+
+
+def _next_attempt(execution: Running, error: ProviderError, delay_s: float) -> int:
+    """Count the retry in the row and audit it, before its `reset` event goes out."""
+    attempt = int(db.session.execute(
+        update(EXECUTIONS).where(EXECUTIONS.c.id == execution.id)
+        .values(attempts=EXECUTIONS.c.attempts + 1).returning(EXECUTIONS.c.attempts)
+    ).scalar_one())
+    audit.record(workspace_id=execution.workspace_id, actor=ACTOR, agent_id=execution.agent_id,
+                 execution_id=execution.id, action="llm.retried",
+                 details={"attempt": attempt, "code": error.code, "message": error.message,
+                          "delay_s": round(delay_s, 3)})
+    db.session.commit()
+    return attempt
+
+
+def run(previous: dict[str, Any]) -> dict[str, Any]:
+    """Stream the reply into the execution's event log; hand the outcome on to the persist step."""
+    execution_id = str(previous["execution_id"])
+    if previous.get("skip"):
+        return previous
+    events = event_log()
+    token = uuid.uuid4().hex
+    if not claim(events, execution_id, token):
+        return skipped(execution_id, "another run owns it or it ended")
+    steps = list(previous.get("steps") or [])
+    execution = _mark_running(execution_id, steps)
+    if execution is None:
+        events.end_run(execution_id)  # ours: the lease was just claimed
+        return skipped(execution_id, "ended")
+    started_at = as_utc(execution.started_at)
+    remaining = (started_at + timedelta(seconds=execution.timeout_s) - utcnow()).total_seconds()
+    llm_run = Run(execution_id, token, events, deadline=time.monotonic() + remaining, last_refresh=time.monotonic())
+    step_started = iso(utcnow())
+    try:
+        if execution.attempts == 1:
+            llm_run.emit("status", {"execution_id": execution_id, "status": ExecutionStatus.RUNNING.value})
+        else:
+            llm_run.emit("reset", {"attempt": execution.attempts})
+        outcome = _stream_with_retries(execution, _agent_config(execution, previous), llm_run, execution.attempts,
+                                       LlmSettings.from_config())
+    except Lost:
+        db.session.rollback()
+        return skipped(execution_id, "another run owns it or it ended")
+    except Exception as exc:  # noqa: BLE001 - a bug must still end the execution, not leave it running
+        if is_infrastructure_error(exc):
+            raise  # Redis or the database went away mid-run: the task runs the step again (a new attempt)
+        log.exception("LLM step of execution %s crashed", execution_id)
+        db.session.rollback()
+        outcome = {"outcome": "failed", "output": "", "usage": None,
+                   "error": {"code": "internal_error", "message": f"LLM step crashed ({type(exc).__name__})"}}
+    db.session.rollback()
+    return {
+        "execution_id": execution_id,
+        "run": token,
+        **outcome,
+        "steps": steps,
+        "llm_step": step_record("llm", outcome["outcome"], step_started),
+    }
+
+
+def _agent_config(execution: Running, previous: dict[str, Any]) -> dict[str, Any]:
+    """The agent as the governance step just read it (saves a query), or from the database."""
+    if isinstance(previous.get("agent"), dict):
+        return dict(previous["agent"])
+    agent = db.session.get(Agent, execution.agent_id)
+    return {"llm": (agent.llm if agent else None) or {}, "system_prompt": agent.system_prompt if agent else None}
+
+
+def _stream_with_retries(
+    execution: Running, agent: dict[str, Any], llm_run: Run, attempt: int, settings: LlmSettings
+) -> dict[str, Any]:
+    """Attempts until success, a fatal error, the attempt limit, cancel or timeout."""
+    resolved = llm_config.resolve(execution.workspace_id, agent, settings.timeouts)
+    db.session.commit()  # hold no transaction (or connection) while streaming
+    while True:
+        parts: list[str] = []
+        try:
+            usage = _stream_once(resolved, llm_run, parts, message=execution.message, attempt=attempt)
+            return {"outcome": "completed", "output": "".join(parts), "usage": usage, "error": None}
+        except Stopped:
+            return _stopped(llm_run, parts)
+        except TransientProviderError as exc:
+            if attempt >= settings.max_attempts:
+                return _failed(exc, parts, f" (after {attempt} attempts)")
+            delay = retry_delay(attempt, base_s=settings.retry_base_s, cap_s=settings.retry_cap_s,
+                                retry_after_s=exc.retry_after)
+            log.info("execution %s: transient %s, retrying in %.2fs", execution.id, exc.code, delay)
+            try:
+                wait_or_stop(delay, llm_run.should_stop)
+            except Stopped:
+                return _stopped(llm_run, parts)
+            attempt = _next_attempt(execution, exc, delay)
+            llm_run.emit("reset", {"attempt": attempt})
+        except FatalProviderError as exc:
+            return _failed(exc, parts, "")
+
+
+def _stream_once(resolved: llm_config.Resolved, llm_run: Run, parts: list[str], *, message: str,
+                 attempt: int) -> dict[str, int]:
+    """One provider attempt: each delta goes to the event log as it arrives."""
+    provider: Provider = resolved.provider
+    usage = {"prompt_tokens": 0, "completion_tokens": 0}
+    started = time.perf_counter()
+    outcome = "error"
+    try:
+        for item in provider.stream(system_prompt=resolved.system_prompt, message=message, model=resolved.model,
+                                    options=resolved.options, should_stop=llm_run.should_stop, attempt=attempt):
+            if isinstance(item, Delta):
+                if not parts:
+                    LLM_FIRST_DELTA.labels(provider.name).observe(time.perf_counter() - started)
+                llm_run.emit("delta", {"text": item.text})
+                parts.append(item.text)
+            elif isinstance(item, Usage):
+                usage = {"prompt_tokens": item.prompt_tokens, "completion_tokens": item.completion_tokens}
+        outcome = "completed"
+    except Stopped:
+        outcome = "stopped"
+        raise
+    finally:
+        LLM_SECONDS.labels(provider.name, outcome).observe(time.perf_counter() - started)
+    for kind, count in usage.items():
+        LLM_TOKENS.labels(provider.name, kind.removesuffix("_tokens")).inc(count)
+    return usage
+
+
+def _stopped(llm_run: Run, parts: list[str]) -> dict[str, Any]:
+    if llm_run.stop_reason == "lost":
+        raise Lost()
+    if llm_run.stop_reason == "cancelled":
+        return {"outcome": "cancelled", "output": "".join(parts), "usage": None,
+                "error": {"code": "cancelled", "message": "cancelled on request"}}
+    return {"outcome": "timed_out", "output": "".join(parts), "usage": None,
+            "error": {"code": "timeout", "message": "the execution exceeded its timeout_s"}}
+
+
+def _failed(exc: ProviderError, parts: list[str], suffix: str) -> dict[str, Any]:
+    return {"outcome": "failed", "output": "".join(parts), "usage": None,
+            "error": {"code": exc.code, "message": exc.message + suffix}}

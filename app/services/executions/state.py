@@ -1,0 +1,123 @@
+"""The one state machine of executions: the allowed transitions, and the one function that moves an execution.
+
+`move` is a conditional UPDATE (only from a status the table allows, and only from the ones the caller names),
+with the audit rows of the change in the same transaction, then the change's event on the execution's stream.
+Every status change in the project goes through it, so a status is changed exactly once and never out of a
+terminal state: two racing requests (cancel and persist, approve and reject) get one winner and one `None`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Row, update
+
+from app.extensions import db
+from app.models import Execution, ExecutionStatus
+from app.services import audit
+from app.services.executions.events import emit_status, emit_terminal
+from app.timeutil import utcnow
+
+log = logging.getLogger(__name__)
+
+S = ExecutionStatus
+EXECUTIONS = Execution.__table__  # Core statements: no ORM flush or identity map on the hot path
+
+# Where an execution may go from each status. Terminal statuses lead nowhere. running -> running is an LLM run
+# that starts over (a redelivered step after a lost worker); the pauses of the tool loop (requires_action,
+# waiting, awaiting_approval) resume to pending (the next task is queued) or running.
+TRANSITIONS: Mapping[ExecutionStatus, frozenset[ExecutionStatus]] = {
+    S.PENDING: frozenset({S.RUNNING, S.AWAITING_APPROVAL, S.DENIED, S.CANCELLED, S.FAILED, S.TIMED_OUT}),
+    S.AWAITING_APPROVAL: frozenset({S.PENDING, S.RUNNING, S.DENIED, S.CANCELLED, S.FAILED, S.TIMED_OUT}),
+    S.RUNNING: frozenset({S.RUNNING, S.REQUIRES_ACTION, S.WAITING, S.AWAITING_APPROVAL, S.PENDING, S.COMPLETED,
+                          S.FAILED, S.CANCELLED, S.TIMED_OUT}),
+    S.REQUIRES_ACTION: frozenset({S.PENDING, S.RUNNING, S.CANCELLED, S.FAILED, S.TIMED_OUT}),
+    S.WAITING: frozenset({S.PENDING, S.RUNNING, S.CANCELLED, S.FAILED, S.TIMED_OUT}),
+    **{status: frozenset() for status in S if status.terminal},
+}
+# The statuses a new execution is recorded with (POST /agents/{id}/execute decides which).
+INITIAL: frozenset[ExecutionStatus] = frozenset({S.PENDING, S.AWAITING_APPROVAL, S.DENIED})
+
+
+def can_move(source: ExecutionStatus, target: ExecutionStatus) -> bool:
+    return target in TRANSITIONS[source]
+
+
+def sources_of(target: ExecutionStatus) -> frozenset[ExecutionStatus]:
+    """Every status the table allows `target` to be reached from."""
+    return frozenset(source for source, targets in TRANSITIONS.items() if target in targets)
+
+
+@dataclass(frozen=True)
+class Audit:
+    """An audit row of a transition; workspace, agent and execution come from the moved row."""
+
+    action: str
+    result: str = "ok"
+    details: dict[str, Any] | None = None
+
+
+AuditRows = Sequence[Audit] | Callable[[Row[Any]], Sequence[Audit]]
+
+
+def move(
+    execution_id: str,
+    target: ExecutionStatus,
+    *,
+    actor: str,
+    from_statuses: Iterable[ExecutionStatus] | None = None,
+    values: Mapping[str, Any] | None = None,
+    audit_rows: AuditRows = (),
+    announce: bool = True,
+) -> Row[Any] | None:
+    """Move the execution to `target` if it is in one of `from_statuses` (default: every status the table allows);
+    commit with its audit rows, then announce it (a `status` event, or the one terminal event).
+
+    Returns the updated row (every column), or None if the execution was not in an allowed status: something
+    else moved it first. A terminal target stamps finished_at. `audit_rows` may be a callable of the updated row
+    (when the rows depend on what the UPDATE returned, such as the attempt number).
+    """
+    allowed = sources_of(target)
+    sources = allowed if from_statuses is None else frozenset(from_statuses)
+    if not sources <= allowed:
+        raise ValueError(f"{target.value} cannot be reached from {sorted(s.value for s in sources - allowed)}")
+    fields: dict[str, Any] = {"status": target.value, **(values or {})}
+    if target.terminal:
+        fields.setdefault("finished_at", utcnow())
+    row = db.session.execute(
+        update(EXECUTIONS)
+        .where(EXECUTIONS.c.id == execution_id, EXECUTIONS.c.status.in_(sorted(s.value for s in sources)))
+        .values(**fields)
+        .returning(*EXECUTIONS.c)
+    ).one_or_none()
+    if row is None:
+        db.session.rollback()
+        return None
+    entries = audit_rows(row) if callable(audit_rows) else audit_rows
+    audit.record_many([
+        audit.Entry(workspace_id=row.workspace_id, actor=actor, action=entry.action, result=entry.result,
+                    agent_id=row.agent_id, execution_id=execution_id, details=entry.details)
+        for entry in entries
+    ])
+    db.session.commit()
+    if announce:
+        if target.terminal:
+            emit_terminal(row)
+        else:
+            emit_status(execution_id, target)
+    return row
+
+
+def flag_cancel(execution_id: str) -> bool:
+    """Record that a cancel was asked for a running execution (the LLM step also reads the Redis flag)."""
+    result = db.session.execute(
+        update(EXECUTIONS)
+        .where(EXECUTIONS.c.id == execution_id, EXECUTIONS.c.cancel_requested_at.is_(None),
+               EXECUTIONS.c.status.not_in(sorted(s.value for s in S if s.terminal)))
+        .values(cancel_requested_at=utcnow())
+    )
+    db.session.commit()
+    return bool(result.rowcount)  # type: ignore[attr-defined]
