@@ -8,7 +8,6 @@ import pytest
 from flask import Flask
 
 from tests.support.api import ApiClient, new_workspace_client
-from tests.support.fake_llm_servers import fake_llm_server  # noqa: F401 - fixture
 from tests.support.worker import WorkerProcess
 
 

@@ -1,5 +1,0 @@
-"""Fixtures for the real-socket provider tests."""
-
-from tests.support.fake_llm_servers import fake_llm_server
-
-__all__ = ["fake_llm_server"]
