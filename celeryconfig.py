@@ -1,8 +1,6 @@
 """Celery settings: JSON only, late acks, one message at a time, confirmed publishes, events on for Flower."""
 
-import os
-
-broker_url = os.environ.get("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+# The broker URL is the Flask app's BROKER_URL (app/config.py), set by app/celery_app.py: one source of truth.
 broker_connection_retry_on_startup = True
 # py-amqp waits for the broker's confirm on every publish, so a returned apply_async means "on the broker".
 broker_transport_options = {"confirm_publish": True}
