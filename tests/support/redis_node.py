@@ -30,18 +30,20 @@ class RedisNode:
 
     def _ping(self) -> bool:
         try:
-            return bool(redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5).ping())
+            with redis.Redis(port=self.port, socket_connect_timeout=0.2, socket_timeout=0.5) as client:
+                return bool(client.ping())
         except redis.RedisError:
             return False
 
     def start(self, timeout_s: float = 15.0) -> RedisNode:
         """Start on the same port and directory as before and wait until it answers PING."""
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir", str(self.dir),
-             *persistence],
-            stdout=(self.dir / "redis.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        with (self.dir / "redis.log").open("ab") as log:  # the child keeps its own descriptor
+            self.process = subprocess.Popen(
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir",
+                 str(self.dir), *persistence],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
