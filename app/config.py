@@ -55,5 +55,14 @@ def from_environment() -> dict[str, Any]:
         "EXECUTION_REQUEUE_AFTER_S": _float("EXECUTION_REQUEUE_AFTER_S", 60.0),
         # Longer than a step's retries (about 15 min, tasks/executions.py), so no live retry is overtaken.
         "EXECUTION_ABANDONED_AFTER_S": _float("EXECUTION_ABANDONED_AFTER_S", 1200.0),
+        # Admission control (app/services/admission): 0 = unlimited.
+        "WORKSPACE_MAX_CONCURRENCY": _int("WORKSPACE_MAX_CONCURRENCY", 0),
+        "WORKSPACE_TOKENS_PER_DAY": _int("WORKSPACE_TOKENS_PER_DAY", 0),
+        # Executions sent to the broker and not finished, across all workspaces; the rest wait in the fair queue.
+        "EXECUTION_MAX_IN_FLIGHT": _int("EXECUTION_MAX_IN_FLIGHT", 1000),
+        "EXECUTION_WAIT_TIMEOUT_S": _float("EXECUTION_WAIT_TIMEOUT_S", 3600.0),  # when the execute body sets none
+        "ADMISSION_DISPATCH_INTERVAL_S": _float("ADMISSION_DISPATCH_INTERVAL_S", 0.2),
+        # Reply tokens assumed for a rate-limit reservation when the execution sets no max_tokens.
+        "ADMISSION_DEFAULT_COMPLETION_TOKENS": _int("ADMISSION_DEFAULT_COMPLETION_TOKENS", 256),
         "JSON_SORT_KEYS": False,
     }

@@ -37,6 +37,9 @@ LLM_TOKENS = Counter("llm_tokens_total", "Tokens used", ["provider", "kind"])
 MESSAGES = Counter("messages_total", "Agent messages by outcome", ["outcome"])
 INBOX_LAG = Histogram("inbox_lag_seconds", "From send to stored in the receiver's inbox", buckets=FAST)
 PUBLISH_CONFIRM = Histogram("publish_confirm_seconds", "Publish to broker confirm", ["kind"], buckets=FAST)
+ADMISSION_QUEUED = Counter("admission_queued_total", "Executions that had to wait for capacity", ["reason"])
+PROVIDER_RATE_LIMITED = Counter("provider_rate_limited_total", "Provider 429 answers seen", ["scope"])
+WORKSPACE_TOKENS = Counter("workspace_tokens_total", "Tokens used by provider calls", ["workspace"])
 SSE_OPEN = Gauge("sse_open_streams", "Server-sent event streams open now", ["kind"], multiprocess_mode="livesum")
 
 
@@ -60,6 +63,38 @@ class ExecutionStatusCollector(Collector):
         for status, count in rows:
             family.add_metric([status], count)
         yield family
+
+
+class AdmissionCollector(Collector):
+    """Waiting executions by reason and slots in use per workspace and credential, read from Redis at scrape time."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        from app.services.admission import state
+
+        queued = GaugeMetricFamily("admission_waiting", "Executions waiting for capacity now", labels=["reason"])
+        workspace = GaugeMetricFamily("admission_workspace_slots", "Slots in use per workspace",
+                                      labels=["workspace"])
+        credential = GaugeMetricFamily("admission_credential_slots", "Slots in use per credential",
+                                       labels=["credential"])
+        try:
+            with self.app.app_context():
+                st = state()
+                now = int(time.time() * 1000)
+                waiting = st.queued_by_reason()
+                per_workspace = st.slots_in_use("ws", now_ms=now)
+                per_credential = st.slots_in_use("cred", now_ms=now)
+        except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is down
+            waiting, per_workspace, per_credential = {}, {}, {}
+        for reason, count in waiting.items():
+            queued.add_metric([reason], count)
+        for name, count in per_workspace.items():
+            workspace.add_metric([name], count)
+        for name, count in per_credential.items():
+            credential.add_metric([name], count)
+        yield from (queued, workspace, credential)
 
 
 def _process_metrics() -> bytes:
@@ -98,6 +133,7 @@ def track_open_stream(kind: str, events: Iterator[str]) -> Iterator[str]:
 def metrics_response(app: Flask) -> Response:
     database = CollectorRegistry()
     database.register(ExecutionStatusCollector(app))
+    database.register(AdmissionCollector(app))
     return Response(_process_metrics() + generate_latest(database), mimetype=CONTENT_TYPE_LATEST)
 
 

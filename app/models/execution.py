@@ -51,6 +51,7 @@ class Execution(db.Model):  # type: ignore[name-defined,misc]
         Index("ix_executions_unfinished_created", "created_at",
               postgresql_where=text("status IN ('pending', 'running')"),
               sqlite_where=text("status IN ('pending', 'running')")),
+        Index("ix_executions_workspace_created", "workspace_id", "created_at"),  # GET /usage
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -68,6 +69,7 @@ class Execution(db.Model):  # type: ignore[name-defined,misc]
     prompt_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    max_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
     steps: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False, default=list)
     governance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, ForeignKey, String
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.extensions import db
@@ -20,6 +20,9 @@ class Workspace(db.Model):  # type: ignore[name-defined,misc]
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     # Hash of the newest audit row of this workspace's chain, kept by a trigger on audit_log (migration 0002).
     audit_head: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # NULL: the WORKSPACE_MAX_CONCURRENCY / WORKSPACE_TOKENS_PER_DAY defaults; 0: unlimited.
+    max_concurrency: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    tokens_per_day: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class ApiKey(db.Model):  # type: ignore[name-defined,misc]

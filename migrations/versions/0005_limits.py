@@ -1,0 +1,40 @@
+"""limits: credential limits, workspace concurrency and daily token budget, max_tokens of an execution
+
+Revision ID: 0005
+Revises: 0003
+Create Date: 2026-12-01 08:40:00
+
+Admission control (docs/decisions.md, "Admission control"): a credential may carry limits {max_concurrency,
+requests_per_minute, tokens_per_minute}; a workspace has max_concurrency and tokens_per_day (NULL: the
+WORKSPACE_* defaults, 0: unlimited); an execution may cap its reply with max_tokens. GET /usage groups a
+workspace's executions by day, so (workspace_id, created_at) is indexed.
+"""
+import sqlalchemy as sa
+from alembic import op
+
+revision = '0005'
+down_revision = '0003'
+branch_labels = None
+depends_on = None
+
+
+def upgrade():
+    with op.batch_alter_table('credentials') as batch:
+        batch.add_column(sa.Column('limits', sa.JSON(), nullable=True))
+    with op.batch_alter_table('workspaces') as batch:
+        batch.add_column(sa.Column('max_concurrency', sa.Integer(), nullable=True))
+        batch.add_column(sa.Column('tokens_per_day', sa.BigInteger(), nullable=True))
+    with op.batch_alter_table('executions') as batch:
+        batch.add_column(sa.Column('max_tokens', sa.Integer(), nullable=True))
+    op.create_index('ix_executions_workspace_created', 'executions', ['workspace_id', 'created_at'], unique=False)
+
+
+def downgrade():
+    op.drop_index('ix_executions_workspace_created', table_name='executions')
+    with op.batch_alter_table('executions') as batch:
+        batch.drop_column('max_tokens')
+    with op.batch_alter_table('workspaces') as batch:
+        batch.drop_column('tokens_per_day')
+        batch.drop_column('max_concurrency')
+    with op.batch_alter_table('credentials') as batch:
+        batch.drop_column('limits')
