@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_process_init
+from celery.signals import task_postrun, worker_process_init
 from flask import Flask
 
 from app.extensions import db
@@ -27,10 +27,13 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.set_default()
     celery_app.flask_app = app  # the worker's bootsteps run outside any task, and need the app's config
     from app.services.executions.requests import ENQUEUE_EXTENSION
+    from tasks.admission import DispatchAdmissions, after_persist
     from tasks.chain import enqueuer
     from tasks.recovery import SweepExecutions  # tasks import app.services, which need this module loaded
 
     celery_app.steps["worker"].add(SweepExecutions)
+    celery_app.steps["worker"].add(DispatchAdmissions)
+    task_postrun.connect(after_persist, weak=False, dispatch_uid="admission-after-persist")
     app.extensions[ENQUEUE_EXTENSION] = enqueuer(celery_app)
 
     def forget_inherited_connections(**_: Any) -> None:

@@ -1,6 +1,9 @@
-"""Operator commands: `flask --app wsgi keys create --workspace NAME`, `flask --app wsgi mailbox run`."""
+"""Operator commands: `flask --app wsgi keys create --workspace NAME`, `flask --app wsgi mailbox run`,
+`flask --app wsgi workspaces limits NAME --max-concurrency N --tokens-per-day N`."""
 
 from __future__ import annotations
+
+import json
 
 import click
 from flask import Flask, current_app
@@ -22,6 +25,36 @@ def create_key(workspace: str) -> None:
     key, raw_key = auth.create_key(workspace.strip())
     click.echo(f"workspace {workspace} ({key.workspace_id}), key id {key.id}", err=True)
     click.echo(raw_key)
+
+
+@click.group("workspaces")
+def workspaces_group() -> None:
+    """Workspace settings."""
+
+
+@workspaces_group.command("limits")
+@click.argument("name")
+@click.option("--max-concurrency", type=int, default=None,
+              help="Executions in flight at once (0: unlimited, -1: back to WORKSPACE_MAX_CONCURRENCY).")
+@click.option("--tokens-per-day", type=int, default=None,
+              help="Tokens per UTC day (0: unlimited, -1: back to WORKSPACE_TOKENS_PER_DAY).")
+def workspace_limits(name: str, max_concurrency: int | None, tokens_per_day: int | None) -> None:
+    """Set (or with no option, show) a workspace's limits; NULL means the configured default."""
+    from app.services.admission.limits import set_workspace_limits
+    from app.services.errors import NotFound
+
+    try:
+        workspace = set_workspace_limits(name.strip(), max_concurrency=max_concurrency, tokens_per_day=tokens_per_day)
+    except NotFound as exc:
+        raise click.ClickException(exc.message) from exc
+    config = current_app.config
+    shown = {
+        "max_concurrency": workspace.max_concurrency,
+        "tokens_per_day": workspace.tokens_per_day,
+        "default_max_concurrency": int(config["WORKSPACE_MAX_CONCURRENCY"]),
+        "default_tokens_per_day": int(config["WORKSPACE_TOKENS_PER_DAY"]),
+    }
+    click.echo(json.dumps({"workspace": workspace.name, **shown}))
 
 
 @click.group("mailbox")
@@ -51,3 +84,4 @@ def run_mailbox_command() -> None:
 def register_commands(app: Flask) -> None:
     app.cli.add_command(keys_group)
     app.cli.add_command(mailbox_group)
+    app.cli.add_command(workspaces_group)

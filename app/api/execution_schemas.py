@@ -21,6 +21,7 @@ class ExecuteRequest(Strict):
     action: StrictStr = Field(default="chat", min_length=1, max_length=64, pattern=r"^[A-Za-z][A-Za-z0-9_.:-]*$")
     timeout_s: StrictInt = Field(default=120, ge=1, le=MAX_TIMEOUT_S)
     metadata: dict[str, Any] | None = None
+    max_tokens: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
 
 
 class ExecutionAccepted(BaseModel):
@@ -48,6 +49,11 @@ class Step(BaseModel):
     finished_at: str | None
 
 
+class Queued(BaseModel):
+    reason: Literal["workspace_concurrency", "credential_concurrency", "capacity", "requests_per_minute",
+                    "tokens_per_minute"]
+
+
 class ExecutionOut(BaseModel):
     execution_id: str
     agent_id: str
@@ -61,6 +67,8 @@ class ExecutionOut(BaseModel):
     steps: list[Step]
     metadata: dict[str, Any] | None
     timeout_s: int
+    max_tokens: int | None = None
+    queued: Queued | None = None
     created_at: str
     started_at: str | None
     finished_at: str | None
@@ -77,10 +85,19 @@ class CancelAccepted(BaseModel):
     cancel_requested: bool
 
 
+class CredentialLimits(Strict):
+    """0 or absent: no limit."""
+
+    max_concurrency: StrictInt = Field(default=0, ge=0, le=100_000)
+    requests_per_minute: StrictInt = Field(default=0, ge=0, le=10_000_000)
+    tokens_per_minute: StrictInt = Field(default=0, ge=0, le=10_000_000_000)
+
+
 class CredentialCreate(Strict):
     provider: ProviderName
     api_key: StrictStr = Field(min_length=8, max_length=4096, repr=False)
     base_url: StrictStr | None = Field(default=None, max_length=500)
+    limits: CredentialLimits | None = None
 
     @field_validator("base_url")
     @classmethod
@@ -90,9 +107,21 @@ class CredentialCreate(Strict):
         return value
 
 
+class CredentialLimitsOut(BaseModel):
+    max_concurrency: int
+    requests_per_minute: int
+    tokens_per_minute: int
+
+
 class CredentialOut(BaseModel):
     id: str
     provider: ProviderName
     last4: str
     base_url: str | None
+    limits: CredentialLimitsOut
     created_at: str
+
+
+class CredentialList(BaseModel):
+    items: list[CredentialOut]
+    next_cursor: str | None

@@ -47,14 +47,15 @@ def _idempotency_key() -> str | None:
 @bp.post("/agents/<agent_id>/execute")
 @api_doc(summary="Run an agent on a message (stream true answers text/event-stream)", body=ExecuteRequest,
          responses={200: ExecutionAccepted, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 422: ErrorOut,
-                    503: ErrorOut},
+                    429: ErrorOut, 503: ErrorOut},
          tags=["executions"])
 def execute(agent_id: str) -> Response | dict[str, Any]:
     body = parse_body(ExecuteRequest)
     execution = requests.request(
         current_principal(),
         agent_id,
-        ExecutionRequest(body.message, body.stream, body.action, body.timeout_s, body.metadata),
+        ExecutionRequest(body.message, body.stream, body.action, body.timeout_s, body.metadata,
+                         max_tokens=body.max_tokens),
         idempotency_key=_idempotency_key(),
     )
     if body.stream:

@@ -78,7 +78,8 @@ def _check_keys(provider: str, options: Mapping[str, Any], allowed: set[str]) ->
 
 def validate_scripted(options: Mapping[str, Any]) -> dict[str, Any]:
     """Options of the offline scripted provider (DESIGN.md, Provider credentials)."""
-    allowed = {"text", "chunks", "chunk_delay_ms", "fail_at_chunk", "fail_mode", "fail_attempts", "hang_s"}
+    allowed = {"text", "chunks", "chunk_delay_ms", "fail_at_chunk", "fail_mode", "fail_attempts", "hang_s",
+               "max_tokens"}
     _check_keys("scripted", options, allowed)
     out: dict[str, Any] = {}
     if "text" in options:
@@ -100,6 +101,8 @@ def validate_scripted(options: Mapping[str, Any]) -> dict[str, Any]:
             raise InvalidOptions("options.fail_attempts needs fail_mode 'transient'", field="fail_attempts")
     if "hang_s" in options:
         out["hang_s"] = _number("hang_s", options["hang_s"], minimum=0, maximum=3_600)
+    if "max_tokens" in options:
+        out["max_tokens"] = _int("max_tokens", options["max_tokens"], minimum=1, maximum=10_000_000)
     return out
 
 

@@ -67,6 +67,8 @@ class ScriptedProvider:
             chunks: list[str] = opts["chunks"]
         else:
             chunks = split_words(opts["text"] if "text" in opts else default_reply(message))
+        if "max_tokens" in opts:
+            chunks = _capped(chunks, opts["max_tokens"])
         fail_at: int | None = opts.get("fail_at_chunk")
         if fail_at is None and "fail_mode" in opts:
             fail_at = 0
@@ -100,3 +102,15 @@ class ScriptedProvider:
             raise TransientProviderError(
                 SCRIPTED_FAILURE, f"scripted transient failure before chunk {index} (attempt {attempt})"
             )
+
+
+def _capped(chunks: list[str], max_tokens: int) -> list[str]:
+    """The leading chunks whose tokens fit in max_tokens, as a provider stops at its length limit."""
+    kept: list[str] = []
+    used = 0
+    for chunk in chunks:
+        used += count_tokens(chunk)
+        if used > max_tokens:
+            break
+        kept.append(chunk)
+    return kept

@@ -9,13 +9,16 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from sqlalchemy import select
 
 from app.extensions import db
 from app.models import Credential
 from app.models.types import new_id
 from app.services import audit
+from app.services.admission.limits import credential_limits
 from app.services.auth import Principal
 from app.services.errors import NotFound, ServiceError
+from app.services.pagination import newest_first
 from app.timeutil import iso
 
 HKDF_INFO = b"agent-runtime credentials v1"
@@ -70,12 +73,14 @@ def serialize(credential: Credential) -> dict[str, Any]:
         "provider": credential.provider,
         "last4": credential.last4,
         "base_url": credential.base_url,
+        "limits": credential_limits(credential.limits),
         "created_at": iso(credential.created_at),
     }
 
 
-def create(principal: Principal, vault: Vault, *, provider: str, api_key: str, base_url: str | None) -> Credential:
-    """Store the key encrypted; the audit row names the credential, never the key."""
+def create(principal: Principal, vault: Vault, *, provider: str, api_key: str, base_url: str | None,
+           limits: dict[str, int] | None = None) -> Credential:
+    """Store the key encrypted (with its admission limits); the audit row names the credential, never the key."""
     credential_id = new_id()
     last4 = api_key[-4:]
     # Audit first: it locks the workspace row before the insert's foreign-key share lock could deadlock it.
@@ -83,7 +88,8 @@ def create(principal: Principal, vault: Vault, *, provider: str, api_key: str, b
         workspace_id=principal.workspace_id,
         actor=principal.actor,
         action="credential.created",
-        details={"credential_id": credential_id, "provider": provider, "last4": last4},
+        details={"credential_id": credential_id, "provider": provider, "last4": last4,
+                 "limits": credential_limits(limits)},
     )
     credential = Credential(
         id=credential_id,
@@ -92,10 +98,18 @@ def create(principal: Principal, vault: Vault, *, provider: str, api_key: str, b
         encrypted_key=vault.encrypt(api_key),
         base_url=base_url,
         last4=last4,
+        limits=credential_limits(limits) if limits else None,
     )
     db.session.add(credential)
     db.session.commit()
     return credential
+
+
+def list_for(principal: Principal, *, limit: int, cursor: str | None) -> tuple[list[Credential], str | None]:
+    """Newest first, keyset-paginated like every list."""
+    query = select(Credential).where(Credential.workspace_id == principal.workspace_id)
+    rows, next_cursor = newest_first(query, Credential, limit=limit, cursor=cursor)
+    return list(rows), next_cursor
 
 
 def get(workspace_id: str, credential_id: str) -> Credential:

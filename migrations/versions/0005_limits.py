@@ -18,23 +18,20 @@ branch_labels = None
 depends_on = None
 
 
+COLUMNS = [('credentials', sa.Column('limits', sa.JSON(), nullable=True)),
+           ('workspaces', sa.Column('max_concurrency', sa.Integer(), nullable=True)),
+           ('workspaces', sa.Column('tokens_per_day', sa.BigInteger(), nullable=True)),
+           ('executions', sa.Column('max_tokens', sa.Integer(), nullable=True))]
+
+
 def upgrade():
-    with op.batch_alter_table('credentials') as batch:
-        batch.add_column(sa.Column('limits', sa.JSON(), nullable=True))
-    with op.batch_alter_table('workspaces') as batch:
-        batch.add_column(sa.Column('max_concurrency', sa.Integer(), nullable=True))
-        batch.add_column(sa.Column('tokens_per_day', sa.BigInteger(), nullable=True))
-    with op.batch_alter_table('executions') as batch:
-        batch.add_column(sa.Column('max_tokens', sa.Integer(), nullable=True))
+    for table, column in COLUMNS:
+        op.add_column(table, column)
     op.create_index('ix_executions_workspace_created', 'executions', ['workspace_id', 'created_at'], unique=False)
 
 
 def downgrade():
     op.drop_index('ix_executions_workspace_created', table_name='executions')
-    with op.batch_alter_table('executions') as batch:
-        batch.drop_column('max_tokens')
-    with op.batch_alter_table('workspaces') as batch:
-        batch.drop_column('tokens_per_day')
-        batch.drop_column('max_concurrency')
-    with op.batch_alter_table('credentials') as batch:
-        batch.drop_column('limits')
+    for table, column in reversed(COLUMNS):
+        # Plain ALTER TABLE on SQLite too (3.35+): a batch copy of workspaces would break audit_log's trigger on it.
+        op.execute(f'ALTER TABLE {table} DROP COLUMN {column.name}')

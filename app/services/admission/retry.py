@@ -55,7 +55,7 @@ def decide_retry(
         else:
             delay = retry_delay(rate_limited_waits + 1, base_s=settings.base_s, cap_s=settings.cap_s) * jitter
         if delay >= remaining_s:
-            return RetryPlan(retry=False, delay_s=delay, rate_limited=True,
+            return RetryPlan(retry=False, delay_s=delay, counts_attempt=False, rate_limited=True,
                              reason=f"the provider asked to wait {delay:.1f}s, past the execution's deadline")
         return RetryPlan(retry=True, delay_s=delay, counts_attempt=False, rate_limited=True)
     if attempt >= settings.max_attempts:

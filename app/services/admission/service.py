@@ -4,7 +4,6 @@ free and dispatch when an execution ends, slow a credential after a 429, and the
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -12,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import select
 
 from app.extensions import db
 from app.llm.base import ShouldStop
@@ -22,6 +20,7 @@ from app.metrics import ADMISSION_QUEUED, PROVIDER_RATE_LIMITED, WORKSPACE_TOKEN
 from app.models import Agent, Execution, ExecutionStatus
 from app.services.admission import limits as limits_
 from app.services.admission.state import AdmissionState, CallReservation, Item
+from app.services.process_local import per_process
 from app.services.streams import client
 
 log = logging.getLogger(__name__)
@@ -45,17 +44,10 @@ class Queued:
     reason: str
 
 
-_states: dict[tuple[int, str], AdmissionState] = {}
-
-
 def state() -> AdmissionState:
     """One per process and Redis URL (it registers its scripts once)."""
     url = current_app.config["REDIS_URL"]
-    key = (os.getpid(), url)
-    found = _states.get(key)
-    if found is None:
-        found = _states[key] = AdmissionState(client(url))
-    return found
+    return per_process("admission", (url,), lambda: AdmissionState(client(url)))
 
 
 def now_ms() -> int:
@@ -191,19 +183,14 @@ def upkeep(enqueue: Enqueue) -> dict[str, int]:
 
 def _end_waits(execution_ids: list[str]) -> int:
     """Executions that waited past wait_timeout_s end timed_out (never failed)."""
-    from app.services.executions import emit_terminal, finalize
+    from app.services.executions import state as machine
 
     ended = 0
     for execution_id in execution_ids:
-        execution = db.session.execute(select(Execution).where(Execution.id == execution_id)).scalar_one_or_none()
-        if execution is None:
-            continue
-        if finalize(execution, status=ExecutionStatus.TIMED_OUT, actor="admission",
-                    from_statuses=[ExecutionStatus.PENDING.value],
-                    values={"error_code": "wait_timeout",
-                            "error_message": "waited longer than wait_timeout_s for capacity"},
-                    audit_rows=[("execution.timed_out", "error", {"reason": "wait_timeout"})]):
-            emit_terminal(execution)
-            ended += 1
-    db.session.rollback()
+        row = machine.move(
+            execution_id, ExecutionStatus.TIMED_OUT, actor="admission", from_statuses=[ExecutionStatus.PENDING],
+            values={"error_code": "wait_timeout", "error_message": "waited longer than wait_timeout_s for capacity"},
+            audit_rows=[machine.Audit("execution.timed_out", "error", {"reason": "wait_timeout"})],
+        )
+        ended += row is not None
     return ended

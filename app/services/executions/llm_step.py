@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,8 +20,9 @@ from app.llm import Delta, FatalProviderError, Provider, ProviderError, Stopped,
 from app.llm.stopping import wait_or_stop
 from app.metrics import LLM_FIRST_DELTA, LLM_SECONDS, LLM_TOKENS
 from app.models import Agent, ExecutionStatus
-from app.services import audit
-from app.services.backoff import retry_delay
+from app.services import admission, audit
+from app.services.admission.llm_calls import retry_settings, wait_for, with_max_tokens
+from app.services.admission.retry import decide_retry
 from app.services.executions import llm_config, state
 from app.services.executions.events import event_log
 from app.services.executions.llm_run import LlmSettings, Lost, Run, claim
@@ -44,6 +45,7 @@ class Running:
     timeout_s: int
     started_at: datetime
     attempts: int
+    max_tokens: int | None = None
 
 
 def _started_audit(row: Row[Any]) -> list[state.Audit]:
@@ -66,7 +68,7 @@ def _mark_running(execution_id: str, steps: list[dict[str, Any]]) -> Running | N
     if row is None:
         return None
     return Running(execution_id, row.workspace_id, row.agent_id, row.message, int(row.timeout_s),
-                   row.started_at, int(row.attempts))
+                   row.started_at, int(row.attempts), row.max_tokens)
 
 
 def _next_attempt(execution: Running, error: ProviderError, delay_s: float) -> int:
@@ -141,26 +143,42 @@ def _stream_with_retries(
 ) -> dict[str, Any]:
     """Attempts until success, a fatal error, the attempt limit, cancel or timeout."""
     resolved = llm_config.resolve(execution.workspace_id, agent, settings.timeouts)
+    resolved = replace(resolved, options=with_max_tokens(resolved.provider.name, resolved.options,
+                                                         execution.max_tokens))
     db.session.commit()  # hold no transaction (or connection) while streaming
+    credential_id = (agent.get("llm") or {}).get("credential_id")
+    estimate = admission.estimate_tokens(system_prompt=resolved.system_prompt, message=execution.message,
+                                         max_tokens=execution.max_tokens, options=resolved.options)
+    rate_limited_waits = 0
     while True:
         parts: list[str] = []
         try:
+            reservation = admission.acquire_for_llm(execution.id, est_tokens=estimate,
+                                                    remaining_s=llm_run.deadline - time.monotonic(),
+                                                    should_stop=llm_run.should_stop)
             usage = _stream_once(resolved, llm_run, parts, message=execution.message, attempt=attempt)
+            admission.release(reservation, workspace_id=execution.workspace_id, **usage)
             return {"outcome": "completed", "output": "".join(parts), "usage": usage, "error": None}
         except Stopped:
             return _stopped(llm_run, parts)
         except TransientProviderError as exc:
-            if attempt >= settings.max_attempts:
-                return _failed(exc, parts, f" (after {attempt} attempts)")
-            delay = retry_delay(attempt, base_s=settings.retry_base_s, cap_s=settings.retry_cap_s,
-                                retry_after_s=exc.retry_after)
+            plan = decide_retry(exc, attempt=attempt, rate_limited_waits=rate_limited_waits,
+                                remaining_s=llm_run.deadline - time.monotonic(), settings=retry_settings())
+            if not plan.retry:
+                return _failed(exc, parts, f" ({plan.reason})")
+            delay = wait_for(plan, credential_id)
             log.info("execution %s: transient %s, retrying in %.2fs", execution.id, exc.code, delay)
             try:
                 wait_or_stop(delay, llm_run.should_stop)
             except Stopped:
                 return _stopped(llm_run, parts)
-            attempt = _next_attempt(execution, exc, delay)
-            llm_run.emit("reset", {"attempt": attempt})
+            if plan.counts_attempt:
+                attempt = _next_attempt(execution, exc, delay)
+                llm_run.emit("reset", {"attempt": attempt})
+            else:  # a 429: the provider asked to wait, which uses up no attempt
+                rate_limited_waits += 1
+                if parts:
+                    llm_run.emit("reset", {"attempt": attempt})
         except FatalProviderError as exc:
             return _failed(exc, parts, "")
 

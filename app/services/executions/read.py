@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.models import Execution, ExecutionStatus
-from app.services import agents
+from app.services import admission, agents
 from app.services.auth import Principal
 from app.services.errors import NotFound, ValidationFailed
 from app.services.executions.events import error_of
@@ -30,6 +30,8 @@ def serialize(execution: Execution) -> dict[str, Any]:
         "steps": execution.steps or [],
         "metadata": execution.meta,
         "timeout_s": execution.timeout_s,
+        "max_tokens": execution.max_tokens,
+        "queued": admission.queued_of(execution),
         "created_at": iso(execution.created_at),
         "started_at": iso(execution.started_at),
         "finished_at": iso(execution.finished_at),

@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from app.extensions import db
 from app.models import Execution, ExecutionStatus
 from app.models.types import new_id
-from app.services import agents, audit, governance
+from app.services import admission, agents, audit, governance
 from app.services.auth import Principal
 from app.services.errors import Conflict, GovernanceDenied, Unavailable
 from app.services.executions import llm_config, state
@@ -47,15 +47,19 @@ class ExecutionRequest:
     action: str
     timeout_s: int
     metadata: dict[str, Any] | None
+    max_tokens: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {
+        body = {
             "message": self.message,
             "stream": self.stream,
             "action": self.action,
             "timeout_s": self.timeout_s,
             "metadata": self.metadata,
         }
+        if self.max_tokens is not None:  # only when set: older Idempotency-Keys keep their request hash
+            body["max_tokens"] = self.max_tokens
+        return body
 
 
 def bound_enqueue() -> Enqueue:
@@ -106,6 +110,7 @@ def request(
         if existing is not None:
             return _replay(existing, fingerprint, idempotency_key)
     llm_config.check(principal.workspace_id, agent)
+    admission.check_daily_budget(principal.workspace_id)
     decision = governance.decide(maturity_level=agent.maturity_level, action=body.action, agent_status=agent.status)
     status = OUTCOME_STATUS[decision.outcome]
     assert status in state.INITIAL
@@ -120,6 +125,7 @@ def request(
         message=body.message,
         stream=body.stream,
         timeout_s=body.timeout_s,
+        max_tokens=body.max_tokens,
         meta=body.metadata,
         governance=decision.as_dict(),
         idempotency_key=idempotency_key,
@@ -175,7 +181,9 @@ def start(execution: Execution, enqueue: Enqueue) -> None:
     """After commit: announce `pending`, enqueue the chain, mark it queued. On failure end it `failed`, answer 503."""
     try:
         emit_status(execution.id, ExecutionStatus.PENDING)
-        enqueue(execution.id, list(execution.task_ids or []))
+        # Over a limit, it waits in the admission queue, whose dispatcher sends the chain later.
+        if isinstance(admission.admit(execution), admission.Admitted):
+            enqueue(execution.id, list(execution.task_ids or []))
     except Exception as exc:  # noqa: BLE001 - broker or Redis down: nothing was confirmed to the client
         _unavailable(execution, exc)
     _mark_queued(execution.id)

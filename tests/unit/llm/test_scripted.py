@@ -211,3 +211,11 @@ def test_concatenated_deltas_equal_the_chunks(chunks: list[str]) -> None:
 def test_each_word_chunk_has_at_most_one_word(text: str) -> None:
     for chunk in split_words(text):
         assert len(chunk.split()) <= 1
+
+
+def test_max_tokens_cuts_the_reply_like_a_length_limit() -> None:
+    items = list(ScriptedProvider().stream(system_prompt=None, message="hi", model=None,
+                                           options={"text": "one two three four five", "max_tokens": 3},
+                                           should_stop=lambda: False, attempt=1))
+    assert "".join(i.text for i in items if isinstance(i, Delta)) == "one two three"
+    assert items[-1] == Usage(prompt_tokens=1, completion_tokens=3)
