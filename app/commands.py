@@ -7,6 +7,7 @@ import json
 
 import click
 from flask import Flask, current_app
+from flask.cli import with_appcontext
 
 from app.extensions import db
 from app.services import auth, coordination_clients
@@ -33,6 +34,7 @@ def workspaces_group() -> None:
 
 
 @workspaces_group.command("limits")
+@with_appcontext
 @click.argument("name")
 @click.option("--max-concurrency", type=int, default=None,
               help="Executions in flight at once (0: unlimited, -1: back to WORKSPACE_MAX_CONCURRENCY).")

@@ -7,7 +7,19 @@ from flask import Flask
 
 def register_blueprints(app: Flask) -> None:
     """Imported here, inside the factory, so no module imports the app at import time."""
-    from app.api import agents, audit, credentials, events, executions, health, messages, metrics, openapi, ui
+    from app.api import (
+        agents,
+        audit,
+        credentials,
+        events,
+        executions,
+        health,
+        messages,
+        metrics,
+        openapi,
+        ui,
+        usage,
+    )
 
-    for module in (ui, health, openapi, metrics, agents, audit, executions, credentials, messages, events):
+    for module in (ui, health, openapi, metrics, agents, audit, executions, credentials, messages, events, usage):
         app.register_blueprint(module.bp)

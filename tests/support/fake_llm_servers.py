@@ -1,8 +1,10 @@
 """A real local HTTP server speaking OpenAI chat-completions and Anthropic Messages streaming (SSE).
 
 Tests drive the real provider clients against it over real sockets. Each request takes the next
-scripted `Behaviour` (the last one repeats): stream chunks with delays, answer 429/500/401, drop or
-reset the connection mid-stream, stall before headers or mid-body, or send an error event.
+scripted `Behaviour` (the last one repeats): stream chunks with delays, answer 429/500/401 (429 with a
+Retry-After in seconds or as an HTTP date), drop or reset the connection mid-stream, stall before headers or
+mid-body, or send an error event. It also counts what a rate limit cares about: requests in flight at once
+(max_in_flight) and the tokens it served per sliding minute (max_tokens_in_window).
 
 As a fixture: `fake_llm_server` (import it into a conftest). By hand:
     python -m tests.support.fake_llm_servers --port 8099 --text "hello from the fake"
@@ -17,6 +19,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -59,6 +62,8 @@ class RecordedRequest:
     headers: dict[str, str]
     body: Any
     outcome: str = "open"  # completed | error_status | dropped | client_gone | open
+    at: float = field(default_factory=time.time)
+    tokens: int = 0  # prompt + completion tokens it was served (its usage), once completed
 
 
 class _Dropped(Exception):
@@ -97,6 +102,12 @@ class _Handler(BaseHTTPRequestHandler):
         fake = self.server.fake
         fake.record(record)
         behaviour = fake.next_behaviour()
+        with fake.counting():
+            self._answer(record, behaviour, body)
+
+    def _answer(self, record: RecordedRequest, behaviour: Behaviour, body: Any) -> None:
+        """Answer one request per its behaviour."""
+        fake = self.server.fake
         flavour = "openai" if self.path == OPENAI_PATH else "anthropic" if self.path == ANTHROPIC_PATH else None
         if flavour is None:
             record.outcome = "error_status"
@@ -122,6 +133,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             record.outcome = "client_gone"
             raise
+        record.tokens = sum(behaviour.usage)
         record.outcome = "completed"
 
     def _presented_key(self, flavour: str) -> str | None:
@@ -301,6 +313,8 @@ class FakeLLMServer:
         self.requests: list[RecordedRequest] = []
         self._behaviours: list[Behaviour] = [Behaviour()]
         self._lock = threading.Lock()
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._httpd = _HTTPServer((host, port), self)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-llm", daemon=True
@@ -336,6 +350,31 @@ class FakeLLMServer:
         """Keep a request for assertions."""
         with self._lock:
             self.requests.append(request)
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        """Track how many requests are being answered at once."""
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+    def max_in_window(self, window_s: float = 60.0, *, tokens: bool = True) -> int:
+        """The most tokens (or requests) that arrived within any window_s, over completed requests."""
+        with self._lock:
+            served = sorted((r.at, r.tokens if tokens else 1) for r in self.requests if r.outcome == "completed")
+        best = total = start = 0
+        for end in range(len(served)):
+            total += served[end][1]
+            while served[end][0] - served[start][0] >= window_s:
+                total -= served[start][1]
+                start += 1
+            best = max(best, total)
+        return best
 
     def wait_for_outcome(self, index: int = -1, timeout: float = 5.0) -> str:
         """Wait until request `index` has ended, and return how it ended."""
