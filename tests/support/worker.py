@@ -31,7 +31,7 @@ class WorkerProcess:
 
     def __init__(self, *, database_url: str, broker_url: str, redis_url: str, log_path: Path,
                  concurrency: int = 2, extra_env: dict[str, str] | None = None,
-                 include: list[str] | None = None) -> None:
+                 include: list[str] | None = None, pool: str = "prefork") -> None:
         self.log_path = log_path
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         self.env = {
@@ -43,6 +43,7 @@ class WorkerProcess:
             **(extra_env or {}),
         }
         self.concurrency = concurrency
+        self.pool = pool
         self.include = include or []
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -51,7 +52,7 @@ class WorkerProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [CELERY, "-A", "wsgi:celery_app", "worker", "--pool", "prefork", "-c", str(self.concurrency),
+            [CELERY, "-A", "wsgi:celery_app", "worker", "--pool", self.pool, "-c", str(self.concurrency),
              "--loglevel", "INFO", "-n", self.name, "--without-gossip", "--without-mingle", "-Q", "executions",
              *(["--include", ",".join(self.include)] if self.include else [])],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
