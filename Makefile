@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging bench-execute bench-sse bench-summary
+.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging bench-execute bench-sse bench-summary bench-fairness
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -54,11 +54,12 @@ clean:  ## Remove the virtualenv and local SQLite data
 demo: install  ## Against the running stack (make run): stream an execution live, message, audit trail
 	$(PY) scripts/demo.py
 
-bench: install services  ## Every benchmark (execute, messaging, sse_streams, agents_scale), then one summary table
+bench: install services  ## Every benchmark (execute, messaging, sse_streams, agents_scale, fairness), then one summary table
 	$(PY) -m bench.execute
 	$(PY) -m bench.messaging
 	$(PY) -m bench.sse_streams
 	$(PY) -m bench.agents_scale --sizes 100,1000,10000
+	$(PY) -m bench.fairness
 	$(PY) -m bench.summary
 
 bench-summary:  ## The summary table of the last results under bench/results/
@@ -69,6 +70,9 @@ bench-sse: install services  ## Live SSE streams held by one gunicorn gevent pro
 
 bench-execute: install services  ## Executions/s through the API vs a bare Celery chain, first-delta latency
 	$(PY) -m bench.execute
+
+bench-fairness: install services  ## Workspace B's queue wait behind A's 5,000-execution backlog vs idle; tokens/min and concurrency a limited credential sends
+	$(PY) -m bench.fairness
 
 bench-messaging: install services  ## Confirmed sends/s (single, batch) vs raw pika / aio-pika, send -> readable p50/p99
 	$(PY) -m bench.messaging

@@ -85,14 +85,14 @@ def every_second(api: ApiClient, agent_id: str, seconds: int) -> list[str]:
     return ids
 
 
-def submit_backlog(app: Flask, api: ApiClient, agent_id: str, count: int, threads: int = 4) -> float:
-    """Queue `count` executions from several test clients at once; seconds it took."""
+def submit_backlog(app: Flask, api: ApiClient, agent_ids: list[str], count: int, threads: int = 4) -> float:
+    """Queue `count` executions (cycling over the agents) from several test clients at once; seconds it took."""
     started = time.monotonic()
 
     def send(chunk: range) -> None:
         client = ApiClient(app.test_client(), api.key, api.workspace_id)
-        for _ in chunk:
-            execute(client, agent_id)
+        for index in chunk:
+            execute(client, agent_ids[index % len(agent_ids)])
 
     per = count // threads
     with ThreadPoolExecutor(threads) as pool:
@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tempfile.TemporaryDirectory() as tmp,
         FakeLLMServer(api_key=KEY) as fake,
     ):
-        settings = {"EXECUTION_MAX_IN_FLIGHT": str(args.capacity), "ADMISSION_DISPATCH_INTERVAL_S": "0.1"}
+        settings = {"EXECUTION_MAX_IN_FLIGHT": str(args.capacity), "ADMISSION_DISPATCH_INTERVAL_S": "0.1",
+                    "CELERY_TASK_EVENTS": "1" if args.task_events else "0"}
         app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "BROKER_URL": broker_url, "REDIS_URL": redis_url,
                           "EXECUTION_MAX_IN_FLIGHT": args.capacity})
         with app.app_context():
@@ -130,8 +131,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:
             a, b = new_workspace_client(app, f"A-{token}"), new_workspace_client(app, f"B-{token}")
             words = " ".join(f"w{n}" for n in range(args.words))
-            slow = a.create_agent(llm={"provider": "scripted",
-                                       "options": {"text": words, "chunk_delay_ms": args.chunk_delay_ms}})
+            # Durations vary (as LLM calls do), so slots do not all free in one wave.
+            slow = [a.create_agent(llm={"provider": "scripted",
+                                        "options": {"text": words, "chunk_delay_ms": args.chunk_delay_ms * f}})
+                    for f in (0.7, 0.9, 1.1, 1.3)]
             quick = b.create_agent(llm={"provider": "scripted", "options": {"text": "ok"}})
 
             print(f"phase 1: B alone, one execution a second for {args.idle_seconds} s", flush=True)
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
             print(f"phase 2: A queues {args.backlog} slow executions; then B one a second for {args.b_seconds} s",
                   flush=True)
-            submit_s = submit_backlog(app, a, slow["id"], args.backlog)
+            submit_s = submit_backlog(app, a, [agent["id"] for agent in slow], args.backlog)
             backlog_at_b_start = unfinished(engine, a.workspace_id)
             busy_ids = every_second(b, quick["id"], args.b_seconds)
             backlog_at_b_end = unfinished(engine, a.workspace_id)
@@ -215,7 +218,7 @@ def main() -> None:
     parser.add_argument("--capacity", type=int, default=50, help="EXECUTION_MAX_IN_FLIGHT")
     parser.add_argument("--threads", type=int, default=60, help="worker threads pool size")
     parser.add_argument("--words", type=int, default=5, help="chunks of each slow execution")
-    parser.add_argument("--chunk-delay-ms", type=float, default=400.0)
+    parser.add_argument("--chunk-delay-ms", type=float, default=600.0)
     parser.add_argument("--idle-seconds", type=int, default=15)
     parser.add_argument("--b-seconds", type=int, default=60)
     parser.add_argument("--tpm", type=int, default=1000)
@@ -223,6 +226,8 @@ def main() -> None:
     parser.add_argument("--max-concurrency", type=int, default=3)
     parser.add_argument("--reply-tokens", type=int, default=40)
     parser.add_argument("--provider-delay-s", type=float, default=1.0)
+    parser.add_argument("--task-events", action="store_true",
+                        help="keep Celery task events on (they stalled the threads pool after a restart)")
     args = parser.parse_args()
     summary = run(args)
     idle, busy = summary["idle_wait_s"], summary["busy_wait_s"]

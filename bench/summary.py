@@ -54,6 +54,20 @@ def rows() -> list[dict[str, Any]]:
                         "target": "-", "met": "",
                         "detail": f"declare {row['declare_s']:.1f} s, {row['sends_per_s']:.0f} sends/s, "
                                   f"broker {row['broker_mem_mb']:.0f} MB"})
+    fairness = _load("fairness")
+    if fairness:
+        busy, idle, tokens = fairness["busy_wait_s"], fairness["idle_wait_s"], fairness["tokens"]
+        out.append({"benchmark": "5 fairness: B queue wait p99 behind A (s)", "figure": busy["p99"],
+                    "target": "< 2", "met": busy["p99"] < 2,
+                    "detail": f"idle p50/p99 {idle['p50']:.3f}/{idle['p99']:.3f} s, busy p50 {busy['p50']:.3f} s; "
+                              f"failed {fairness['failed']}, leaked slots "
+                              f"{sum(fairness['after_kill']['leaked_slots'].values())}"})
+        out.append({"benchmark": "5 fairness: most tokens in any 60 s / limit", "figure":
+                    round(tokens["max_in_any_60s"] / tokens["limit_per_min"], 3),
+                    "target": "<= 1 + one request", "met": tokens["max_in_any_60s"] <= tokens["allowed_max"],
+                    "detail": f"{tokens['max_in_any_60s']} of {tokens['limit_per_min']} "
+                              f"(+{tokens['tokens_per_request']}); most at once {tokens['max_in_flight']} "
+                              f"of {tokens['max_concurrency']}"})
     return out
 
 

@@ -11,6 +11,7 @@ from flask import Flask
 from sqlalchemy import func, select, update
 
 from app.extensions import db
+from app.services import admission
 from app.models import Execution
 from tests.support.api import ApiClient, new_workspace_client
 
@@ -146,3 +147,26 @@ def test_bad_usage_parameters_are_422(api: ApiClient) -> None:
         response = api.get(f"/usage?{query}")
         assert response.status_code == 422, query
         assert response.get_json()["error"]["code"] == "validation_error"
+
+
+def test_metrics_show_waiting_executions_slots_429s_and_tokens(app: Flask) -> None:
+    api, name = _workspace(app)
+    _limits(app, name, "--max-concurrency", "1")
+    agent = api.create_agent(llm={"provider": "scripted", "options": {"hang_s": 60}})
+    ids = [api.post(f"/agents/{agent['id']}/execute", json={"message": "m"}).get_json()["execution_id"]
+           for _ in range(2)]
+    try:
+        with app.app_context():
+            admission.on_rate_limited("some-credential", 0.01)
+            reservation = admission.state().reserve_call(ids[0], est=5, now_ms=admission.service.now_ms(),
+                                                         expiry_ms=admission.service.now_ms() + 60_000)
+            admission.release(reservation, prompt_tokens=3, completion_tokens=4)
+        text = app.test_client().get("/metrics").get_data(as_text=True)
+        assert 'admission_waiting{reason="workspace_concurrency"}' in text
+        assert f'admission_workspace_slots{{workspace="{api.workspace_id}"}} 1.0' in text
+        assert 'admission_queued_total{reason="workspace_concurrency"}' in text
+        assert 'provider_rate_limited_total{scope="credential"}' in text
+        assert f'workspace_tokens_total{{workspace="{api.workspace_id}"}} 7.0' in text
+    finally:
+        for execution_id in reversed(ids):
+            api.post(f"/executions/{execution_id}/cancel")
