@@ -22,10 +22,9 @@ task_publish_retry = True
 task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
 
 worker_prefetch_multiplier = 1
-# On for Flower. CELERY_TASK_EVENTS=0 turns them off: bench/fairness.py found every thread of a threads pool (-c 60)
-# blocked on the event dispatcher's mutex right after a restart with 60 redelivered tasks (docs/performance.md).
-worker_send_task_events = os.environ.get("CELERY_TASK_EVENTS", "1") != "0"
-task_send_sent_event = worker_send_task_events
+# On for Flower; CELERY_TASK_EVENTS=0 turns both off (app/config.py, applied by app/celery_app.py).
+worker_send_task_events = True
+task_send_sent_event = True
 # celery #9835: deduplicating successful tasks silently dropped later chain steps.
 worker_deduplicate_successful_tasks = False
 worker_hijack_root_logger = False

@@ -24,6 +24,8 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app.config_from_object("celeryconfig")
     celery_app.conf.broker_url = app.config["BROKER_URL"]
     celery_app.conf.update(app.config.get("CELERY", {}))
+    if not app.config["CELERY_TASK_EVENTS"]:
+        celery_app.conf.update(worker_send_task_events=False, task_send_sent_event=False)
     celery_app.set_default()
     celery_app.flask_app = app  # the worker's bootsteps run outside any task, and need the app's config
     from app.services.executions.requests import ENQUEUE_EXTENSION

@@ -64,5 +64,8 @@ def from_environment() -> dict[str, Any]:
         "ADMISSION_DISPATCH_INTERVAL_S": _float("ADMISSION_DISPATCH_INTERVAL_S", 0.2),
         # Reply tokens assumed for a rate-limit reservation when the execution sets no max_tokens.
         "ADMISSION_DEFAULT_COMPLETION_TOKENS": _int("ADMISSION_DEFAULT_COMPLETION_TOKENS", 256),
+        # bench/fairness.py found every thread of a threads pool (-c 60) blocked on Celery's event dispatcher mutex
+        # right after a restart with 60 redelivered tasks; 0 turns task events off (Flower then shows no tasks).
+        "CELERY_TASK_EVENTS": os.environ.get("CELERY_TASK_EVENTS", "1") != "0",
         "JSON_SORT_KEYS": False,
     }

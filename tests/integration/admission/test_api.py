@@ -11,8 +11,8 @@ from flask import Flask
 from sqlalchemy import func, select, update
 
 from app.extensions import db
-from app.services import admission
 from app.models import Execution
+from app.services import admission
 from tests.support.api import ApiClient, new_workspace_client
 
 KEY = "sk-limits-0123456789"

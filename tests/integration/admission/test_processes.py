@@ -28,6 +28,14 @@ def _admitted(process: subprocess.Popen[str]) -> list[str]:
     raise AssertionError("holder exited before holding")
 
 
+def _end(process: subprocess.Popen[str]) -> None:
+    """SIGKILL, reap, and close its pipe."""
+    process.kill()
+    process.wait(timeout=10)
+    assert process.stdout is not None
+    process.stdout.close()
+
+
 def _now() -> int:
     return int(time.time() * 1000)
 
@@ -38,8 +46,7 @@ def test_concurrent_processes_never_exceed_the_limit(state: AdmissionState, admi
         admitted = [i for p in processes for i in _admitted(p)]
     finally:
         for process in processes:
-            process.kill()
-            process.wait(timeout=10)
+            _end(process)
     assert len(admitted) == 3
     assert state.live_count("adm:slots:ws:shared", now_ms=_now()) == 3
     assert state.live_count("adm:slots:cred:key", now_ms=_now()) == 3
@@ -50,8 +57,7 @@ def test_a_sigkilled_holder_leaks_no_slot_after_its_leases_expire(state: Admissi
                                                                   admission_redis_url: str) -> None:
     holder = _start(admission_redis_url, "k-", 2, 2, 1_500)
     held = _admitted(holder)
-    holder.kill()  # SIGKILL: nothing runs to release
-    holder.wait(timeout=10)
+    _end(holder)  # SIGKILL: nothing runs to release
     assert len(held) == 2
     assert state.admit(item("after", "shared", cred="key", wscap=2, credcap=2), now_ms=_now(), capacity=1000) == \
         "workspace_concurrency"
