@@ -7,7 +7,7 @@ from __future__ import annotations
 import email.utils
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,20 +16,11 @@ from flask import Flask
 from app.services import admission
 from tests.support.api import ApiClient, new_workspace_client
 from tests.support.fake_llm_servers import Behaviour, FakeLLMServer
+from tests.support.polling import wait_for
 from tests.support.worker import WorkerProcess
 
 TERMINAL = {"completed", "failed", "cancelled", "timed_out", "denied"}
 KEY = "sk-admission-" + uuid.uuid4().hex[:12]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def run(api: ApiClient, agent_id: str, **body: Any) -> str:

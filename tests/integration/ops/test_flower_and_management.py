@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -13,6 +12,7 @@ import pytest
 from tests.support import services
 from tests.support.api import ApiClient
 from tests.support.flower import FlowerProcess
+from tests.support.polling import wait_for
 from tests.support.worker import WorkerProcess
 
 
@@ -25,16 +25,6 @@ def flower(pg_url: str, broker_url: str, redis_url: str, worker: WorkerProcess,
     process.start()
     yield process
     process.stop()
-
-
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def finished(api: ApiClient, execution_id: str) -> dict[str, Any]:
