@@ -35,6 +35,8 @@ from tests.support.fake_llm_servers import Behaviour, FakeLLMServer
 from tests.support.worker import ROOT, WorkerProcess
 
 KEY = "sk-bench-fairness-0000"
+OVER_LIMIT_CODES = {"rate_limited", "wait_timeout", "capacity", "workspace_concurrency", "credential_concurrency",
+                    "requests_per_minute", "tokens_per_minute"}
 MESSAGE = "please answer this short question"  # 5 tokens by the estimate the scripted and fake servers share
 
 
@@ -92,7 +94,7 @@ def submit_backlog(app: Flask, api: ApiClient, agent_ids: list[str], count: int,
     def send(chunk: range) -> None:
         client = ApiClient(app.test_client(), api.key, api.workspace_id)
         for index in chunk:
-            execute(client, agent_ids[index % len(agent_ids)])
+            execute(client, agent_ids[index % len(agent_ids)], timeout_s=30)
 
     per = count // threads
     with ThreadPoolExecutor(threads) as pool:
@@ -118,7 +120,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         tempfile.TemporaryDirectory() as tmp,
         FakeLLMServer(api_key=KEY) as fake,
     ):
+        # A run that loses its LLM lease to a stall (not to another run) strands its execution `running` until the
+        # abandoned sweep (docs/performance.md): a short grace keeps the drain short, and such ends are counted.
         settings = {"EXECUTION_MAX_IN_FLIGHT": str(args.capacity), "ADMISSION_DISPATCH_INTERVAL_S": "0.1",
+                    "EXECUTION_ABANDONED_AFTER_S": "30", "EXECUTION_SWEEP_INTERVAL_S": "10",
                     "CELERY_TASK_EVENTS": "1" if args.task_events else "0"}
         app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "BROKER_URL": broker_url, "REDIS_URL": redis_url,
                           "EXECUTION_MAX_IN_FLIGHT": args.capacity})
@@ -186,7 +191,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             worker.stop()
             engine.dispose()
 
-    over_limit_failures = sum(n for k, n in final.items() if k.startswith("failed"))
+    # Over a limit an execution waits; failing or timing out for it would show as one of these codes.
+    over_limit_failures = sum(n for k, n in final.items() if k.split(":")[-1] in OVER_LIMIT_CODES)
     summary: dict[str, Any] = {
         "machine": "2 cores shared with other engineers' test runs: figures are noisy; compare within the run",
         "settings": {k: v for k, v in vars(args).items()},
@@ -203,7 +209,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    "requests_served": len(served), "max_in_flight": fake.max_in_flight,
                    "max_concurrency": args.max_concurrency},
         "outcomes": final,
-        "failed": over_limit_failures,
+        "failed_over_limit": over_limit_failures,
+        "failed_any": sum(n for k, n in final.items() if k.startswith("failed")),
     }
     summary["met"] = bool(
         summary["busy_wait_s"]["p99"] < 2.0 and backlog_at_b_end > 0 and over_limit_failures == 0
