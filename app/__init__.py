@@ -14,6 +14,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_path=str(INSTANCE_DIR))
     register_config(app, config)
     register_logging(app)
+    register_tracing(app)
     register_metrics(app)
     register_extensions(app)
     register_celery(app)
@@ -34,6 +35,13 @@ def register_config(app: Flask, config: Mapping[str, Any] | None) -> None:
 
 def register_logging(app: Flask) -> None:
     from app.logs import register_logging as register
+
+    register(app)
+
+
+def register_tracing(app: Flask) -> None:
+    """OpenTelemetry, only when an OTLP endpoint (or a test's span processor) is configured."""
+    from app.tracing import register_tracing as register
 
     register(app)
 

@@ -68,4 +68,7 @@ def from_environment() -> dict[str, Any]:
         # right after a restart with 60 redelivered tasks; 0 turns task events off (Flower then shows no tasks).
         "CELERY_TASK_EVENTS": os.environ.get("CELERY_TASK_EVENTS", "1") != "0",
         "JSON_SORT_KEYS": False,
+        # Tracing (app/tracing.py) is on only when an endpoint is set; the exporter reads the other OTEL_* itself.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""),
     }

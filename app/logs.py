@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Flask, Response, request
+from opentelemetry import trace
 
 CONTEXT_KEYS = ("request_id", "workspace_id", "agent_id", "execution_id", "message_id", "task_id")
 _context: ContextVar[dict[str, str]] = ContextVar("log_context", default={})  # noqa: B039 - never mutated
@@ -62,6 +63,10 @@ class JsonFormatter(logging.Formatter):
             "process": record.process,
         }
         entry.update(_context.get())
+        span = trace.get_current_span().get_span_context()  # tracing off: the invalid span, one lookup
+        if span.is_valid:
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
         for key in CONTEXT_KEYS:
             value = getattr(record, key, None)
             if value:

@@ -7,6 +7,8 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+from opentelemetry import propagate
+
 from coordination.broker import Outgoing
 from coordination.topology import AGENTS_EXCHANGE, validate_agent_id
 
@@ -81,6 +83,7 @@ def encode_message(
         if len(str(workspace_id)) > MAX_WORKSPACE_ID_LENGTH:
             raise ValueError(f"workspace_id must be at most {MAX_WORKSPACE_ID_LENGTH} chars")
         headers["workspace_id"] = str(workspace_id)
+    propagate.inject(headers)  # the sender's traceparent (nothing when tracing is off): a reply links to its asker
     properties: dict[str, Any] = {
         "content_type": CONTENT_TYPE,
         "delivery_mode": 2,
@@ -100,6 +103,12 @@ def _text(value: Any) -> str | None:
     if isinstance(value, bytes):
         return value.decode()
     return str(value)
+
+
+def traceparent_of(msg: Any) -> str | None:
+    """The W3C traceparent a message was sent under (the asking span), if its sender traced."""
+    headers = msg.properties.get("application_headers") or {}
+    return _text(headers.get("traceparent"))
 
 
 def decode_delivery(agent_id: str, msg: Any, *, delivered_at: datetime | None = None) -> dict[str, Any]:

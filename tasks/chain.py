@@ -7,6 +7,8 @@ from collections.abc import Callable
 from celery import Celery, chain
 from celery.canvas import Signature
 
+from app.tracing import execution_trace
+
 GOVERNANCE = "executions.governance"
 LLM = "executions.llm"
 PERSIST = "executions.persist"
@@ -28,6 +30,7 @@ def enqueuer(celery_app: Celery) -> Callable[[str, list[str]], None]:
 
     def enqueue(execution_id: str, task_ids: list[str]) -> None:
         # confirm_publish: when apply_async returns, the broker has the message.
-        build(celery_app, execution_id, task_ids).apply_async()
+        with execution_trace(execution_id):  # a chain sent later (sweep, approval) joins the execution's trace
+            build(celery_app, execution_id, task_ids).apply_async()
 
     return enqueue

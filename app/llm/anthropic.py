@@ -111,6 +111,7 @@ class AnthropicProvider:
             transport=self._transport,
         )
         input_tokens = output_tokens = 0
+        stop_reason: str | None = None
         stopped_cleanly = False
         try:
             for event in iter_events(lines):
@@ -128,6 +129,8 @@ class AnthropicProvider:
                     input_tokens = _int(usage.get("input_tokens"), input_tokens)
                     output_tokens = _int(usage.get("output_tokens"), output_tokens)
                 elif kind == "message_delta":
+                    reason = _dict(payload.get("delta")).get("stop_reason")
+                    stop_reason = reason if isinstance(reason, str) else stop_reason
                     usage = _dict(payload.get("usage"))
                     input_tokens = _int(usage.get("input_tokens"), input_tokens)
                     output_tokens = _int(usage.get("output_tokens"), output_tokens)
@@ -141,7 +144,7 @@ class AnthropicProvider:
         if not stopped_cleanly:
             raise TransientProviderError(INCOMPLETE_STREAM, "stream ended before message_stop")
         check_stop(should_stop)
-        yield Usage(prompt_tokens=input_tokens, completion_tokens=output_tokens)
+        yield Usage(prompt_tokens=input_tokens, completion_tokens=output_tokens, finish_reason=stop_reason)
 
 
 def _dict(value: Any) -> dict[str, Any]:

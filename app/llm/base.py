@@ -24,6 +24,7 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
+    finish_reason: str | None = None  # as the upstream said it (stop, length, end_turn...), when it did
 
 
 StreamItem = Delta | Usage

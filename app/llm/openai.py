@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -100,12 +101,12 @@ class OpenAIProvider:
             transport=self._transport,
         )
         usage: Usage | None = None
-        finished = False
+        finished: str | bool = False
         output: list[str] = []
         try:
             for event in iter_events(lines):
                 if event.data.strip() == "[DONE]":
-                    finished = True
+                    finished = finished or True
                     break
                 chunk = _decode(event.data, secrets)
                 text, chunk_usage, chunk_finished = _read_chunk(chunk, secrets)
@@ -120,10 +121,12 @@ class OpenAIProvider:
         if not finished:
             raise TransientProviderError(INCOMPLETE_STREAM, "stream ended before [DONE]")
         check_stop(should_stop)
-        yield usage or Usage(
+        reason = finished if isinstance(finished, str) else None
+        yield replace(usage, finish_reason=reason) if usage else Usage(
             prompt_tokens=count_tokens(system_prompt, message),
             completion_tokens=count_tokens("".join(output)),
             estimated=True,
+            finish_reason=reason,
         )
 
 
@@ -137,20 +140,21 @@ def _decode(data: str, secrets: tuple[str | None, ...]) -> Any:
         ) from None
 
 
-def _read_chunk(chunk: Any, secrets: tuple[str | None, ...]) -> tuple[str, Usage | None, bool]:
-    """Extract (choices[0].delta.content, usage, finish seen) from a chat.completion.chunk."""
+def _read_chunk(chunk: Any, secrets: tuple[str | None, ...]) -> tuple[str, Usage | None, str | bool]:
+    """Extract (choices[0].delta.content, usage, finish_reason or False) from a chat.completion.chunk."""
     if not isinstance(chunk, dict):
         raise FatalProviderError(BAD_RESPONSE, "stream chunk is not a JSON object")
     if "error" in chunk:
         raise _stream_error(chunk["error"], secrets)
     text = ""
-    finished = False
+    finished: str | bool = False
     choices = chunk.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         delta = choices[0].get("delta")
         if isinstance(delta, dict) and isinstance(delta.get("content"), str):
             text = delta["content"]
-        finished = choices[0].get("finish_reason") is not None
+        reason = choices[0].get("finish_reason")
+        finished = str(reason) if reason is not None else False
     usage = None
     raw = chunk.get("usage")
     if isinstance(raw, dict):

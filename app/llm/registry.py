@@ -6,7 +6,7 @@ from typing import Final
 
 import httpx
 
-from app.llm import anthropic, openai, scripted
+from app.llm import anthropic, openai, scripted, traced
 from app.llm.base import Provider, Timeouts
 
 PROVIDERS: frozenset[str] = frozenset({"scripted", "openai", "anthropic"})
@@ -35,11 +35,13 @@ def get_provider(
     timeouts: Timeouts | None = None,
     transport: httpx.BaseTransport | None = None,
 ) -> Provider:
-    """Build provider `name` from a decrypted credential (scripted ignores api_key and base_url)."""
+    """Build provider `name` from a decrypted credential (scripted ignores api_key and base_url); traced when on."""
     if name == "scripted":
-        return scripted.ScriptedProvider()
+        return traced.wrap(scripted.ScriptedProvider())
     if name == "openai":
-        return openai.OpenAIProvider(api_key=api_key, base_url=base_url, timeouts=timeouts, transport=transport)
+        return traced.wrap(openai.OpenAIProvider(api_key=api_key, base_url=base_url, timeouts=timeouts,
+                                                 transport=transport))
     if name == "anthropic":
-        return anthropic.AnthropicProvider(api_key=api_key, base_url=base_url, timeouts=timeouts, transport=transport)
+        return traced.wrap(anthropic.AnthropicProvider(api_key=api_key, base_url=base_url, timeouts=timeouts,
+                                                       transport=transport))
     raise UnknownProvider(f"unknown provider {name!r}; expected one of {', '.join(sorted(PROVIDERS))}")

@@ -76,6 +76,8 @@ class Execution(db.Model):  # type: ignore[name-defined,misc]
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     correlation_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
     task_ids: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    # W3C traceparent of the span that created it (tracing on): a chain sent later (sweep, approval) joins its trace.
+    traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

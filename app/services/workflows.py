@@ -17,6 +17,7 @@ from typing import Any
 
 from flask import current_app
 
+from app import tracing
 from app.extensions import db
 from app.models import Agent, Execution, ExecutionStatus
 from app.services import audit, messaging
@@ -154,5 +155,6 @@ def reply_for_execution(execution_id: str, *, enqueue: Enqueue | None = None) ->
         principal = Principal(workspace_id=workspace_id, key_id="", actor=actor)
         envelope = {"message_id": reply_id, "from_agent_id": sender_id, "message": output,
                     "correlation_id": correlation_id, "hop": reply_hop}
-        sent["execution_id"] = start_execution(principal, receiver, envelope, enqueue=enqueue, explicit=False)
+        with tracing.linked_trace("workflow.reply", **{"agent_runtime.execution.id": execution_id}):
+            sent["execution_id"] = start_execution(principal, receiver, envelope, enqueue=enqueue, explicit=False)
     return sent
