@@ -7,6 +7,7 @@ and, when told to stop, shuts the socket down, which unblocks the reader at once
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import logging
 import queue
@@ -160,7 +161,9 @@ def stream_lines(
 ) -> Generator[str, None, None]:
     """Yield the response body's lines; raise ProviderError on failure, Stopped when should_stop() is True."""
     reader = _Reader(request, timeouts, tuple(secrets), transport)
-    thread = threading.Thread(target=reader.run, name="llm-http-stream", daemon=True)
+    # The caller's contextvars go along (a tracing span, so the HTTP call nests under the LLM call's span).
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(reader.run,), name="llm-http-stream",
+                              daemon=True)
     check_stop(should_stop)
     thread.start()
     last_check = time.monotonic()
