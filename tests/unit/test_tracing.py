@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
@@ -21,16 +19,6 @@ from app.llm.scripted import ScriptedProvider
 from app.logs import JsonFormatter
 
 CAPTURE = traced.CAPTURE_CONTENT_ENV
-
-
-@pytest.fixture
-def exporter() -> Iterator[InMemorySpanExporter]:
-    """Tracing on for one test, recording into memory; off again afterwards."""
-    memory = InMemorySpanExporter()
-    processor = SimpleSpanProcessor(memory)
-    tracing.add_processor(processor)
-    yield memory
-    tracing.remove_processor(processor)
 
 
 def run(provider: Any, message: str = "hello there", **options: Any) -> list[Any]:
@@ -52,13 +40,13 @@ def test_off_by_default_the_provider_is_not_wrapped() -> None:
     assert tracing.current_traceparent() is None
 
 
-def test_one_llm_span_with_genai_attributes(exporter: InMemorySpanExporter) -> None:
+def test_one_llm_span_with_genai_attributes(span_exporter: InMemorySpanExporter) -> None:
     provider = get_provider("scripted", api_key=None, base_url=None)
     assert isinstance(provider, traced.TracedProvider)
     items = run(provider, text="two words")
     usage = items[-1]
     assert isinstance(usage, Usage)
-    span = only(exporter.get_finished_spans(), "chat ")
+    span = only(span_exporter.get_finished_spans(), "chat ")
     assert span.name == "chat scripted-1"
     assert span.kind is SpanKind.CLIENT
     attributes = dict(span.attributes or {})
@@ -72,26 +60,26 @@ def test_one_llm_span_with_genai_attributes(exporter: InMemorySpanExporter) -> N
     assert "hello there" not in json.dumps(attributes) and "two words" not in json.dumps(attributes)
 
 
-def test_message_text_only_when_capture_is_opted_in(exporter: InMemorySpanExporter,
+def test_message_text_only_when_capture_is_opted_in(span_exporter: InMemorySpanExporter,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CAPTURE, "true")
     run(get_provider("scripted", api_key=None, base_url=None), message="secret plan", text="the answer")
-    attributes = dict(only(exporter.get_finished_spans(), "chat ").attributes or {})
+    attributes = dict(only(span_exporter.get_finished_spans(), "chat ").attributes or {})
     assert "secret plan" in str(attributes["gen_ai.input.messages"])
     assert "the answer" in str(attributes["gen_ai.output.messages"])
 
 
-def test_a_failed_call_is_an_error_span_with_its_code_only(exporter: InMemorySpanExporter) -> None:
+def test_a_failed_call_is_an_error_span_with_its_code_only(span_exporter: InMemorySpanExporter) -> None:
     provider = get_provider("scripted", api_key=None, base_url=None)
     with pytest.raises(FatalProviderError):
         run(provider, text="a b c", fail_at_chunk=1, fail_mode="fatal")
-    span = only(exporter.get_finished_spans(), "chat ")
+    span = only(span_exporter.get_finished_spans(), "chat ")
     assert span.status.status_code is StatusCode.ERROR
     assert dict(span.attributes or {})["error.type"] == "scripted_failure"
     assert not span.events  # no exception text recorded
 
 
-def test_the_span_is_current_only_while_the_provider_runs(exporter: InMemorySpanExporter) -> None:
+def test_the_span_is_current_only_while_the_provider_runs(span_exporter: InMemorySpanExporter) -> None:
     """Work the caller does between items (event-log writes) is not a child of the LLM span."""
     seen: list[bool] = []
     for item in get_provider("scripted", api_key=None, base_url=None).stream(
@@ -102,13 +90,13 @@ def test_the_span_is_current_only_while_the_provider_runs(exporter: InMemorySpan
     assert seen == [False, False]
 
 
-def test_tool_span_records_the_decision_and_not_the_arguments(exporter: InMemorySpanExporter) -> None:
+def test_tool_span_records_the_decision_and_not_the_arguments(span_exporter: InMemorySpanExporter) -> None:
     with tracing.tool_span("lookup", "webhook", "allowed", tool_call_id="call_1",
                            arguments={"card": "4111"}) as span:
         span.set_attribute("agent_runtime.tool.status", "completed")
     with pytest.raises(RuntimeError), tracing.tool_span("deploy", "client", "denied"):
         raise RuntimeError("boom")
-    spans = {span.name: span for span in exporter.get_finished_spans()}
+    spans = {span.name: span for span in span_exporter.get_finished_spans()}
     ok = dict(spans["execute_tool lookup"].attributes or {})
     assert ok["gen_ai.operation.name"] == "execute_tool"
     assert ok["gen_ai.tool.name"] == "lookup"
@@ -119,14 +107,14 @@ def test_tool_span_records_the_decision_and_not_the_arguments(exporter: InMemory
     assert spans["execute_tool deploy"].status.status_code is StatusCode.ERROR
 
 
-def test_tool_arguments_with_capture(exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tool_arguments_with_capture(span_exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CAPTURE, "true")
     with tracing.tool_span("lookup", "webhook", "allowed", arguments={"q": "x"}):
         pass
-    assert dict(exporter.get_finished_spans()[0].attributes or {})["gen_ai.tool.call.arguments"] == '{"q": "x"}'
+    assert dict(span_exporter.get_finished_spans()[0].attributes or {})["gen_ai.tool.call.arguments"] == '{"q": "x"}'
 
 
-def test_log_lines_carry_the_trace_id(exporter: InMemorySpanExporter) -> None:
+def test_log_lines_carry_the_trace_id(span_exporter: InMemorySpanExporter) -> None:
     record = logging.LogRecord("t", logging.INFO, __file__, 1, "inside", None, None)
     with trace.get_tracer("test").start_as_current_span("work") as span:
         line = json.loads(JsonFormatter().format(record))
@@ -135,19 +123,19 @@ def test_log_lines_carry_the_trace_id(exporter: InMemorySpanExporter) -> None:
     assert "trace_id" not in json.loads(JsonFormatter().format(record))
 
 
-def test_linked_trace_starts_a_new_trace_linked_to_the_asker(exporter: InMemorySpanExporter) -> None:
+def test_linked_trace_starts_a_new_trace_linked_to_the_asker(span_exporter: InMemorySpanExporter) -> None:
     tracer = trace.get_tracer("test")
     with tracer.start_as_current_span("asking") as asking:
         asker = asking.get_span_context()
         with tracing.linked_trace("workflow.reply"):
             inner = trace.get_current_span().get_span_context()
     assert inner.trace_id != asker.trace_id
-    reply = only(exporter.get_finished_spans(), "workflow.reply")
+    reply = only(span_exporter.get_finished_spans(), "workflow.reply")
     assert [link.context.span_id for link in reply.links] == [asker.span_id]
     header = f"00-{format(asker.trace_id, '032x')}-{format(asker.span_id, '016x')}-01"
     with tracing.linked_trace("from.header", traceparent=header):
         pass
-    linked = only(exporter.get_finished_spans(), "from.header")
+    linked = only(span_exporter.get_finished_spans(), "from.header")
     assert linked.links[0].context.trace_id == asker.trace_id
 
 
