@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 ShouldStop = Callable[[], bool]
@@ -24,7 +24,8 @@ class Usage:
     prompt_tokens: int
     completion_tokens: int
     estimated: bool = False
-    finish_reason: str | None = None  # as the upstream said it (stop, length, end_turn...), when it did
+    # As the upstream said it (stop, length, end_turn...), for the trace; not part of a Usage's value.
+    finish_reason: str | None = field(default=None, compare=False)
 
 
 StreamItem = Delta | Usage

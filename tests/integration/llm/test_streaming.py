@@ -87,3 +87,9 @@ def test_many_streams_in_a_row_do_not_leak_threads(name: str, fake_llm_server: F
         assert drain(provider, outcome=Outcome()).usage is not None
     time.sleep(0.2)
     assert threading.active_count() <= before + 2
+
+
+@pytest.mark.parametrize(("name", "reason"), [("openai", "stop"), ("anthropic", "end_turn")])
+def test_usage_carries_the_upstreams_finish_reason(name: str, reason: str, fake_llm_server: FakeLLMServer) -> None:
+    outcome = drain(provider_for(name, fake_llm_server))
+    assert outcome.usage is not None and outcome.usage.finish_reason == reason
