@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging bench-execute bench-sse bench-summary bench-fairness
+.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging bench-execute bench-sse bench-summary bench-fairness bench-tracing
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -60,6 +60,7 @@ bench: install services  ## Every benchmark (execute, messaging, sse_streams, ag
 	$(PY) -m bench.sse_streams
 	$(PY) -m bench.agents_scale --sizes 100,1000,10000
 	$(PY) -m bench.fairness
+	$(PY) -m bench.tracing
 	$(PY) -m bench.summary
 
 bench-summary:  ## The summary table of the last results under bench/results/
@@ -73,6 +74,9 @@ bench-execute: install services  ## Executions/s through the API vs a bare Celer
 
 bench-fairness: install services  ## Workspace B's queue wait behind A's 5,000-execution backlog vs idle; tokens/min and concurrency a limited credential sends
 	$(PY) -m bench.fairness
+
+bench-tracing: install services  ## Executions/s and CPU per execution with tracing on (OTLP to a receiver) vs off
+	$(PY) -m bench.tracing
 
 bench-messaging: install services  ## Confirmed sends/s (single, batch) vs raw pika / aio-pika, send -> readable p50/p99
 	$(PY) -m bench.messaging

@@ -71,4 +71,5 @@ def from_environment() -> dict[str, Any]:
         # Tracing (app/tracing.py) is on only when an endpoint is set; the exporter reads the other OTEL_* itself.
         "OTEL_EXPORTER_OTLP_ENDPOINT": os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", ""),
+        "TRACING_INSTRUMENTATIONS": os.environ.get("TRACING_INSTRUMENTATIONS", ""),  # "" = flask,celery,httpx
     }

@@ -38,6 +38,10 @@ EXCLUDED_URLS = "/healthz,/readyz,/metrics"
 # Should an operator turn on header capture (OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*), keys stay redacted.
 SANITIZED_HEADERS = "authorization,x-api-key,cookie,set-cookie,proxy-authorization"
 TRACEPARENT = "traceparent"
+INSTRUMENTATIONS = frozenset({"flask", "celery", "httpx", "psycopg", "redis"})
+# A span per SQL statement and per Redis command triples the spans of an execution and costs about 20% more CPU
+# per execution (bench/tracing.py): operators who want them add "psycopg,redis".
+DEFAULT_INSTRUMENTATIONS = "flask,celery,httpx"
 
 _tracer = trace.get_tracer("app.tracing")
 _propagator = TraceContextTextMapPropagator()
@@ -76,7 +80,7 @@ class _Process:
         }))
         self.provider.add_span_processor(self.fanout)
         self.otlp: dict[str, SpanProcessor] = {}
-        self.instrumentors: list[Any] = []
+        self.instrumentors: dict[str, Any] = {}
 
 
 _process: _Process | None = None
@@ -92,8 +96,10 @@ def register_tracing(app: Flask) -> None:
     processor = _processor_for(app)
     if processor is None:
         return
-    add_processor(processor)
-    _instrument_app(app)
+    names = instrumentations(app.config.get("TRACING_INSTRUMENTATIONS"))
+    add_processor(processor, names)
+    if "flask" in names:
+        _instrument_app(app)
 
 
 def _processor_for(app: Flask) -> SpanProcessor | None:
@@ -118,13 +124,14 @@ def _processor_for(app: Flask) -> SpanProcessor | None:
     return found
 
 
-def add_processor(processor: SpanProcessor) -> None:
-    """Record spans into `processor` too (idempotent); the first one turns the instrumentations on."""
+def add_processor(processor: SpanProcessor, names: frozenset[str] | None = None) -> None:
+    """Record spans into `processor` too (idempotent), with the instrumentations named (default: all but flask,
+    which is per app); the first processor turns tracing on in this process."""
     process = _install()
     with _lock:
         if processor not in process.fanout.processors:
             process.fanout.processors = (*process.fanout.processors, processor)
-        _instrument_process(process)
+        _instrument_process(process, INSTRUMENTATIONS if names is None else names)
         traced.activate(True)
 
 
@@ -138,9 +145,9 @@ def remove_processor(processor: SpanProcessor) -> None:
         _process.otlp = {k: v for k, v in _process.otlp.items() if v is not processor}
         if not _process.fanout.processors:
             traced.activate(False)
-            for instrumentor in _process.instrumentors:
+            for instrumentor in _process.instrumentors.values():
                 instrumentor.uninstrument()
-            _process.instrumentors = []
+            _process.instrumentors = {}
 
 
 def force_flush(timeout_s: float = 5.0) -> None:
@@ -161,19 +168,42 @@ def _install() -> _Process:
         return _process
 
 
-def _instrument_process(process: _Process) -> None:
-    """The process-wide instrumentations (they patch libraries, not one app); under _lock."""
-    if process.instrumentors:
-        return
-    from opentelemetry.instrumentation.celery import CeleryInstrumentor
-    from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
-    from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
-    from opentelemetry.instrumentation.redis import RedisInstrumentor
-
-    for instrumentor in (CeleryInstrumentor(), HTTPXClientInstrumentor(), RedisInstrumentor(), PsycopgInstrumentor()):
+def _instrument_process(process: _Process, names: frozenset[str]) -> None:
+    """The process-wide instrumentations named (they patch libraries, not one app); under _lock."""
+    for name in sorted(names - set(process.instrumentors) - {"flask"}):
+        instrumentor = _instrumentor(name)
         instrumentor.instrument(tracer_provider=process.provider)
-        process.instrumentors.append(instrumentor)
+        process.instrumentors[name] = instrumentor
     _stamp_new_executions()
+
+
+def _instrumentor(name: str) -> Any:
+    if name == "celery":
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        return CeleryInstrumentor()
+    if name == "httpx":
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        return HTTPXClientInstrumentor()
+    if name == "psycopg":
+        from opentelemetry.instrumentation.psycopg import PsycopgInstrumentor
+
+        return PsycopgInstrumentor()
+    if name == "redis":
+        from opentelemetry.instrumentation.redis import RedisInstrumentor
+
+        return RedisInstrumentor()
+    raise ValueError(f"unknown instrumentation {name!r}; known: {', '.join(sorted(INSTRUMENTATIONS))}")
+
+
+def instrumentations(value: str | None) -> frozenset[str]:
+    """TRACING_INSTRUMENTATIONS: a comma-separated subset of INSTRUMENTATIONS (default DEFAULT_INSTRUMENTATIONS)."""
+    names = frozenset(part.strip() for part in (value or DEFAULT_INSTRUMENTATIONS).split(",") if part.strip())
+    unknown = names - INSTRUMENTATIONS
+    if unknown:
+        raise ValueError(f"TRACING_INSTRUMENTATIONS: unknown {sorted(unknown)}; known: {sorted(INSTRUMENTATIONS)}")
+    return names
 
 
 def _instrument_app(app: Flask) -> None:

@@ -68,6 +68,14 @@ def rows() -> list[dict[str, Any]]:
                     "detail": f"{tokens['max_in_any_60s']} of {tokens['limit_per_min']} "
                               f"(+{tokens['tokens_per_request']}); most at once {tokens['max_in_flight']} "
                               f"of {tokens['max_concurrency']}"})
+    traced = _load("tracing")
+    if traced and "modes" in traced:
+        on, off = traced["modes"]["on"], traced["modes"]["off"]
+        out.append({"benchmark": "6 tracing: web+worker cpu on / off - 1", "figure": on["app_cpu_overhead"],
+                    "target": "< 0.10", "met": on["app_cpu_overhead"] < 0.10,
+                    "detail": f"all roles {on['cpu_overhead']:+.1%}; {on['executions_per_s']:.1f} vs "
+                              f"{off['executions_per_s']:.1f} exec/s; {on['spans_each']:.0f} spans each; off paths "
+                              f"{traced['off_path_us_each']:.0f} us/exec"})
     return out
 
 

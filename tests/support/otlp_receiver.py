@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -62,6 +64,15 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return
 
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        """GET /stats: {spans, bytes, exports} so far (the bench reads it from another process)."""
+        payload = json.dumps(self.server.receiver.stats()).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def do_POST(self) -> None:  # noqa: N802 - stdlib naming
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         if self.headers.get("Content-Encoding") == "gzip":
@@ -82,19 +93,21 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, receiver: OtlpReceiver) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+    def __init__(self, receiver: OtlpReceiver, port: int = 0) -> None:
+        super().__init__(("127.0.0.1", port), _Handler)
         self.receiver = receiver
 
 
 class OtlpReceiver:
     """Point OTEL_EXPORTER_OTLP_ENDPOINT at `endpoint`; read `spans` (decoded) and `raw` (the bodies as sent)."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0, *, keep: bool = True) -> None:
         self.spans: list[Span] = []
         self.raw: list[bytes] = []
+        self.keep = keep  # False: count only (a long bench run)
+        self.counts = {"spans": 0, "bytes": 0, "exports": 0}
         self._lock = threading.Lock()
-        self._server = _Server(self)
+        self._server = _Server(self, port)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name="otlp-receiver", daemon=True)
 
@@ -105,8 +118,15 @@ class OtlpReceiver:
 
     def add(self, body: bytes, spans: list[Span]) -> None:
         with self._lock:
-            self.raw.append(body)
-            self.spans.extend(spans)
+            self.counts = {"spans": self.counts["spans"] + len(spans), "bytes": self.counts["bytes"] + len(body),
+                           "exports": self.counts["exports"] + 1}
+            if self.keep:
+                self.raw.append(body)
+                self.spans.extend(spans)
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
 
     def snapshot(self) -> list[Span]:
         with self._lock:
@@ -142,3 +162,15 @@ class OtlpReceiver:
 def otlp_receiver() -> Iterator[OtlpReceiver]:
     with OtlpReceiver() as receiver:
         yield receiver
+
+
+def main() -> None:
+    """Serve on --port until killed, counting only (the tracing bench runs it as a process of its own)."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    receiver = OtlpReceiver(parser.parse_args().port, keep=False)
+    receiver._server.serve_forever(poll_interval=0.05)
+
+
+if __name__ == "__main__":
+    main()
