@@ -181,7 +181,7 @@ def _instrumentor(name: str) -> Any:
     if name == "celery":
         from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
-        return CeleryInstrumentor()
+        return CeleryInstrumentor()  # type: ignore[no-untyped-call]
     if name == "httpx":
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
@@ -212,8 +212,8 @@ def _instrument_app(app: Flask) -> None:
 
     if getattr(app, "_is_instrumented_by_opentelemetry", False):
         return
-    FlaskInstrumentor.instrument_app(app, excluded_urls=EXCLUDED_URLS, tracer_provider=_install().provider,
-                                     enable_commenter=False)
+    FlaskInstrumentor.instrument_app(  # type: ignore[no-untyped-call]
+        app, excluded_urls=EXCLUDED_URLS, tracer_provider=_install().provider, enable_commenter=False)
     app.after_request(_traceparent_header)
 
 

@@ -1,4 +1,4 @@
-"""The stored traceparent: a chain sent later (the sweep, an approval) joins the execution's trace, on both databases."""
+"""The stored traceparent: a chain sent later (the sweep, an approval) joins the execution's trace, both databases."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from app.extensions import db
 from app.models import Execution
-from app.services import executions
+from app.services.executions import sweeps
+from app.services.executions.events import event_log
 from app.timeutil import utcnow
 from tasks.chain import enqueuer
 from tests.support.api import ApiClient
@@ -43,8 +44,8 @@ def test_the_sweep_resends_a_stranded_chain_inside_the_executions_trace(
         db.session.execute(db.update(Execution).where(Execution.id == execution_id)
                            .values(created_at=utcnow() - timedelta(hours=1)))
         db.session.commit()
-        executions.event_log().unmark_queued(execution_id)
-        requeued = executions.requeue_stranded(enqueuer(app.extensions["celery"]), older_than_s=60)
+        event_log().unmark_queued(execution_id)
+        requeued = sweeps.requeue_stranded(enqueuer(app.extensions["celery"]), older_than_s=60)
     assert execution_id in requeued
 
     (resume,) = [span for span in named(span_exporter, "execution.resume")
