@@ -60,6 +60,7 @@ def decode(body: bytes) -> list[Span]:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    protocol_version = "HTTP/1.1"  # keep-alive, as collectors do: the exporters' session reuses its connection
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return
