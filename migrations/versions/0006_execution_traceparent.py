@@ -1,7 +1,7 @@
 """traceparent on executions
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-12-01 09:00:00
 
 With tracing on, each execution stores the W3C traceparent of the span that created it, so a chain sent later
@@ -10,8 +10,8 @@ With tracing on, each execution stores the W3C traceparent of the span that crea
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0004'
-down_revision = '0003'
+revision = '0006'
+down_revision = '0005'
 branch_labels = None
 depends_on = None
 
