@@ -66,7 +66,7 @@ def mailbox_group() -> None:
 
 @mailbox_group.command("run")
 def run_mailbox_command() -> None:
-    """Drain every live agent's inbox queue into the database until SIGTERM/SIGINT (the Procfile's mailbox)."""
+    """Store every notified agent's queued messages in its inbox until SIGTERM/SIGINT (the Procfile's mailbox)."""
     config = current_app.config
     engine = db.engine
     run_mailbox(
@@ -76,7 +76,8 @@ def run_mailbox_command() -> None:
         queue_type=config["QUEUE_TYPE"],
         max_attempts=int(config["MAILBOX_MAX_ATTEMPTS"]),
         poll_interval_s=float(config["MAILBOX_POLL_INTERVAL_S"]),
-        refresh_interval_s=float(config["MAILBOX_REFRESH_INTERVAL_S"]),
+        sweep_interval_s=float(config["MAILBOX_SWEEP_INTERVAL_S"]),
+        sweep_rate=float(config["MAILBOX_SWEEP_RATE"]),
         on_stored=coordination_clients.on_stored,
         on_dead_lettered=coordination_clients.on_dead_lettered,
         engine=engine,

@@ -1,21 +1,30 @@
-"""The mailbox process: moves every agent's queued messages into its inbox table in the background.
+"""The mailbox process: moves queued agent messages into their inbox tables, at a cost that follows messages.
 
-It drains each inbox with the same locked basic_get drain as SocialLayer.get_messages (coordination.inbox),
-so the two never interleave: a push consumer (basic.consume) would hold prefetched deliveries outside the
-per-agent lock, and a concurrent get_messages would then store later messages first. Instead the mailbox
-polls: every ``poll_interval_s`` it asks each known inbox for its ready count (passive queue.declare, one
-cheap round trip) and drains the non-empty ones. Which agents exist comes from ``list_agent_ids()``,
-re-read every ``refresh_interval_s`` and at once when an ``agent.created`` / ``agent.deleted`` event is
-published on the events exchange. It also moves ``agents.dead`` into the dead_letters table.
+It drains an inbox with the same locked basic_get drain as SocialLayer.get_messages (coordination.inbox), so
+the two never interleave; a push consumer on the inboxes would hold prefetched deliveries outside the
+per-agent lock. Which inboxes have work comes from notices instead of asking every queue: after each
+confirmed send, the sender publishes the receiver's id to ``agents.notify`` (coordination.notify), and the
+mailbox consumes them from its durable queue ``mailbox.pending``. Each batch of notices names the inboxes to
+drain (several notices of one inbox cost one drain); the notices are acked after those drains committed, so
+a killed mailbox leaves them for the next one. An idle inbox costs nothing per pass.
 
-Run it as ``python -m coordination.mailbox``; environment:
+A safety sweep covers notices that never came (a sender's connection dying right after the confirm, a
+foreign publisher, a broker restart losing them): it asks the listed agents' queues for their depth (passive
+queue.declare) at most ``sweep_rate`` per second, one full round at most every ``sweep_interval_s``. After
+every (re)connect the first round runs unthrottled. Inboxes whose drain failed for one message (not yet
+dead-lettered) are drained again after ``poll_interval_s``. It also moves ``agents.dead`` into dead_letters.
 
-- BROKER_URL (amqp://guest:guest@127.0.0.1:5672//), DATABASE_URL (sqlite:///instance/app.db)
-- QUEUE_TYPE (classic | quorum; validated, the mailbox never declares inboxes)
+Start it with ``flask --app wsgi mailbox run`` (the Procfile's mailbox: the app's database, live agents and
+audit hooks), or bare as ``python -m coordination.mailbox``; environment:
+
+- BROKER_URL (amqp://guest:guest@127.0.0.1:5672//), DATABASE_URL (the app's default,
+  sqlite:///<project>/instance/agent_runtime.db)
+- QUEUE_TYPE (classic | quorum): also the type of ``mailbox.pending``
 - MAILBOX_MAX_ATTEMPTS (5): failed stores of one message before it is dead-lettered
-- MAILBOX_POLL_INTERVAL (0.2 s), MAILBOX_REFRESH_INTERVAL (2 s)
+- MAILBOX_POLL_INTERVAL (0.2 s): longest wait for notices in one pass; retry delay of failed drains
+- MAILBOX_SWEEP_INTERVAL (60 s), MAILBOX_SWEEP_RATE (100 queues/s): the safety sweep
 - RABBITMQ_MANAGEMENT_URL (http://guest:guest@127.0.0.1:15672): lists the vhost's ``agent.*.inbox``
-  queues when no lister is configured
+  queues for the sweep when no lister is configured
 - MAILBOX_HOOKS (optional ``module:callable``): returns extra run_mailbox keyword arguments, e.g.
   ``list_agent_ids``, ``on_stored``, ``on_dead_lettered``; how the app plugs in without an import here.
 
@@ -36,6 +45,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -47,28 +57,53 @@ from coordination.broker import BrokerSession
 from coordination.deadletters import DeadLetterHook, drain_dead_letters
 from coordination.inbox import AttemptTracker, StoredHook, drain_inbox
 from coordination.locks import InboxLock, lock_for
-from coordination.topology import DEFAULT_MAX_ATTEMPTS, EVENTS_EXCHANGE, inbox_queue_name, validate_queue_type
+from coordination.notify import decode_notice
+from coordination.topology import (
+    DEFAULT_MAX_ATTEMPTS,
+    MAILBOX_QUEUE,
+    NOTIFY_EXCHANGE,
+    inbox_queue_name,
+    validate_queue_type,
+)
 
 log = logging.getLogger(__name__)
 
 AgentLister = Callable[[], Iterable[str]]
-WAKE_EVENTS = ("agent.created", "agent.deleted")
+# The app's default database (app/config.py), so a bare mailbox and the app agree without configuration.
+DEFAULT_DATABASE_URL = f"sqlite:///{Path(__file__).resolve().parent.parent / 'instance' / 'agent_runtime.db'}"
+NOTICE_PREFETCH = 2000
+SWEEP_CHUNK = 1000  # queues asked per pass at most, so notices keep flowing during an unthrottled round
+DEAD_LETTER_INTERVAL_S = 1.0
 _INBOX_RE = re.compile(r"agent\.(.+)\.inbox")
 
 
 @dataclass
 class PassStats:
-    """What one polling pass did (for tests and logs)."""
+    """What one pass did (for tests and logs)."""
 
-    agents: int = 0
+    notified: int = 0
+    swept: int = 0
+    drained: int = 0
     stored: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
     dead_letter_rows: int = 0
 
 
+@dataclass
+class _Sweep:
+    """One round of the safety sweep over the listed agents."""
+
+    agents: list[str]
+    started: float
+    throttled: bool
+    position: int = 0
+    credit: float = 0.0
+    clock: float = 0.0
+
+
 class Mailbox:
-    """The polling drainer of every listed agent inbox plus agents.dead; run() blocks, start() threads."""
+    """Drains the inboxes named by notices, plus a throttled safety sweep and agents.dead; run() blocks."""
 
     def __init__(
         self,
@@ -76,9 +111,11 @@ class Mailbox:
         engine: Engine,
         *,
         list_agent_ids: AgentLister,
+        queue_type: str = "classic",
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         poll_interval_s: float = 0.2,
-        refresh_interval_s: float = 2.0,
+        sweep_interval_s: float = 60.0,
+        sweep_rate: float = 100.0,
         lock: InboxLock | None = None,
         on_stored: StoredHook | None = None,
         on_dead_lettered: DeadLetterHook | None = None,
@@ -87,9 +124,11 @@ class Mailbox:
         self.broker_url = broker_url
         self.engine = engine
         self.list_agent_ids = list_agent_ids
+        self.queue_type = validate_queue_type(queue_type)
         self.max_attempts = max_attempts
         self.poll_interval_s = poll_interval_s
-        self.refresh_interval_s = refresh_interval_s
+        self.sweep_interval_s = sweep_interval_s
+        self.sweep_rate = sweep_rate
         self.lock = lock or lock_for(engine)
         self.on_stored = on_stored
         self.on_dead_lettered = on_dead_lettered
@@ -97,38 +136,62 @@ class Mailbox:
         self.stop_event = threading.Event()
         self._attempts = AttemptTracker()
         self._session: BrokerSession | None = None
-        self._wake_queue: str | None = None
-        self._agents: list[str] = []
-        self._next_refresh = 0.0
+        self._notices: Any = None
+        self._pending: dict[str, None] = {}
+        self._last_tag = 0
+        self._retry: dict[str, float] = {}
+        self._sweep: _Sweep | None = None
+        self._next_sweep = 0.0
+        self._next_dead_letters = 0.0
         self._thread: threading.Thread | None = None
 
-    # -- one pass --------------------------------------------------------------------------------------
+    # -- broker session ----------------------------------------------------------------------------------
 
     def _ensure_session(self) -> BrokerSession:
-        """Connect (and bind the wake-up queue) if there is no live session."""
+        """Connect, bind mailbox.pending to agents.notify and consume it; a new session starts a fast sweep."""
         if self._session is None or self._session.broken:
             self._close_session()
             session = BrokerSession(self.broker_url, timeout_s=self.timeout_s)
-            channel = session.channel()
-            declared = channel.queue_declare(queue="", exclusive=True, auto_delete=True)
-            for event_type in WAKE_EVENTS:
-                channel.queue_bind(queue=declared.queue, exchange=EVENTS_EXCHANGE, routing_key=event_type)
-            self._session, self._wake_queue = session, declared.queue
-            self._next_refresh = 0.0
+            try:
+                channel = session.connection.channel()  # not the drains' channel: delivery tags and acks differ
+                channel.queue_declare(
+                    queue=MAILBOX_QUEUE, durable=True, auto_delete=False, arguments={"x-queue-type": self.queue_type}
+                )
+                channel.queue_bind(queue=MAILBOX_QUEUE, exchange=NOTIFY_EXCHANGE, routing_key="")
+                channel.basic_qos(0, NOTICE_PREFETCH, False)
+                channel.basic_consume(queue=MAILBOX_QUEUE, callback=self._on_notice, no_ack=False)
+            except BaseException:
+                session.close()
+                raise
+            self._session, self._notices = session, channel
+            self._pending.clear()
+            self._last_tag = 0
+            self._sweep = None
+            self._next_sweep = 0.0  # notices may have been lost while we were away
         return self._session
 
     def _close_session(self) -> None:
-        """Close the connection; RabbitMQ requeues anything taken but not acked."""
+        """Close the connection; RabbitMQ requeues every notice and message taken but not acked."""
         if self._session is not None:
             self._session.close()
-        self._session, self._wake_queue = None, None
+        self._session, self._notices = None, None
 
-    def _woken(self, session: BrokerSession) -> bool:
-        """True if an agent.created/deleted event arrived since the last pass."""
-        woken = False
-        while self._wake_queue and session.channel().basic_get(queue=self._wake_queue, no_ack=True):
-            woken = True
-        return woken
+    def _on_notice(self, message: Any) -> None:
+        """Remember which inbox has work; the notice is acked after that inbox was drained."""
+        agent_id = decode_notice(message)
+        if agent_id is not None:
+            self._pending[agent_id] = None
+        self._last_tag = max(self._last_tag, int(message.delivery_tag))
+
+    def _receive(self, session: BrokerSession, wait_s: float) -> None:
+        """Take the notices that arrive within wait_s (all that are buffered, if some are)."""
+        timeout = max(wait_s, 0.001)
+        while True:
+            try:
+                session.connection.connection.drain_events(timeout=timeout)
+            except TimeoutError:
+                return
+            timeout = 0.001
 
     def _ready_count(self, session: BrokerSession, agent_id: str) -> int | None:
         """Ready messages in the agent's inbox, or None if the queue does not exist (agent deleted)."""
@@ -139,18 +202,50 @@ class Mailbox:
             return None
         return int(ok.message_count)
 
-    def run_once(self) -> PassStats:
-        """Refresh the agent list if due, drain every non-empty inbox, then agents.dead."""
+    # -- the sweep ---------------------------------------------------------------------------------------
+
+    def _sweep_step(self, session: BrokerSession, now: float) -> tuple[list[str], int]:
+        """Ask the next slice of the sweep's agents for their depth; the non-empty ones and how many were asked."""
+        if self._sweep is None:
+            if now < self._next_sweep:
+                return [], 0
+            throttled = self._next_sweep > 0.0
+            self._sweep = _Sweep(list(dict.fromkeys(self.list_agent_ids())), now, throttled, clock=now)
+        sweep = self._sweep
+        if sweep.throttled:
+            sweep.credit = min(sweep.credit + (now - sweep.clock) * self.sweep_rate, float(SWEEP_CHUNK))
+            sweep.clock = now
+            count = int(sweep.credit) if sweep.position else max(1, int(sweep.credit))
+        else:
+            count = SWEEP_CHUNK
+        chunk = sweep.agents[sweep.position:sweep.position + count]
+        sweep.position += len(chunk)
+        sweep.credit = max(0.0, sweep.credit - len(chunk))
+        found = [agent_id for agent_id in chunk if self._ready_count(session, agent_id)]
+        if sweep.position >= len(sweep.agents):
+            self._sweep = None
+            self._next_sweep = max(sweep.started + self.sweep_interval_s, now + 1e-3)
+        return found, len(chunk)
+
+    # -- one pass ----------------------------------------------------------------------------------------
+
+    def run_once(self, wait_s: float = 0.0) -> PassStats:
+        """Wait up to wait_s for notices, drain every inbox named, due for a retry or found by the sweep."""
         session = self._ensure_session()
-        if self._woken(session) or time.monotonic() >= self._next_refresh:
-            self._agents = list(dict.fromkeys(self.list_agent_ids()))
-            self._next_refresh = time.monotonic() + self.refresh_interval_s
-        stats = PassStats(agents=len(self._agents))
-        for agent_id in self._agents:
+        if self._sweep is not None and not self._sweep.throttled:
+            wait_s = 0.0
+        elif self._retry:
+            wait_s = min(wait_s, max(0.0, min(self._retry.values()) - time.monotonic()))
+        self._receive(session, wait_s)
+        notified, last_tag = list(self._pending), self._last_tag
+        self._pending.clear()
+        now = time.monotonic()
+        due = [agent_id for agent_id, at in self._retry.items() if at <= now]
+        found, swept = self._sweep_step(session, now)
+        stats = PassStats(notified=len(notified), swept=swept)
+        for agent_id in dict.fromkeys([*notified, *due, *found]):
             if self.stop_event.is_set():
                 break
-            if not self._ready_count(session, agent_id):
-                continue
             result = drain_inbox(
                 session,
                 self.engine,
@@ -160,30 +255,39 @@ class Mailbox:
                 max_attempts=self.max_attempts,
                 on_stored=self.on_stored,
             )
+            stats.drained += 1
             stats.stored += result.stored
             stats.duplicates += result.duplicates
             stats.dead_lettered += result.dead_lettered
-        stats.dead_letter_rows = drain_dead_letters(session, self.engine, on_dead_lettered=self.on_dead_lettered)
+            if result.failures > result.dead_lettered and not result.missing:
+                self._retry[agent_id] = time.monotonic() + self.poll_interval_s
+            else:
+                self._retry.pop(agent_id, None)
+        else:
+            if last_tag and self._notices is not None:
+                self._notices.basic_ack(last_tag, multiple=True)  # every notice up to it was drained
+        if stats.dead_lettered or time.monotonic() >= self._next_dead_letters:
+            stats.dead_letter_rows = drain_dead_letters(session, self.engine, on_dead_lettered=self.on_dead_lettered)
+            self._next_dead_letters = time.monotonic() + DEAD_LETTER_INTERVAL_S
         return stats
 
-    # -- the loop --------------------------------------------------------------------------------------
+    # -- the loop ----------------------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Poll until stop_event is set; broker and database outages are waited out, never fatal."""
+        """Pass after pass until stop_event is set; broker and database outages are waited out, never fatal."""
         failures = 0
-        log.info("mailbox started (poll every %.2fs)", self.poll_interval_s)
+        log.info("mailbox started (notices on %s, sweep %.0f queues/s)", MAILBOX_QUEUE, self.sweep_rate)
         try:
             while not self.stop_event.is_set():
                 try:
-                    self.run_once()
+                    self.run_once(wait_s=self.poll_interval_s)
                     failures = 0
-                    delay = self.poll_interval_s
                 except Exception as exc:  # noqa: BLE001 - the loop outlives broker, DB and hook failures
                     failures += 1
                     delay = min(5.0, 0.2 * 2**failures)
                     log.warning("mailbox pass failed (%s); retrying in %.1fs", exc, delay)
                     self._close_session()
-                self.stop_event.wait(delay)
+                    self.stop_event.wait(delay)
         finally:
             self._close_session()
             log.info("mailbox stopped")
@@ -231,23 +335,25 @@ def run_mailbox(
     queue_type: str = "classic",
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     poll_interval_s: float = 0.2,
-    refresh_interval_s: float = 2.0,
+    sweep_interval_s: float = 60.0,
+    sweep_rate: float = 100.0,
     on_stored: StoredHook | None = None,
     on_dead_lettered: DeadLetterHook | None = None,
     engine: Engine | None = None,
     handle_signals: bool = True,
 ) -> None:
     """Build the engine and mailbox from URLs and run until SIGTERM/SIGINT (blocking)."""
-    validate_queue_type(queue_type)
     own_engine = engine is None
     engine = engine or create_engine(database_url, pool_pre_ping=True)
     mailbox = Mailbox(
         broker_url,
         engine,
         list_agent_ids=list_agent_ids or management_agent_lister(broker_url, management_url),
+        queue_type=queue_type,
         max_attempts=max_attempts,
         poll_interval_s=poll_interval_s,
-        refresh_interval_s=refresh_interval_s,
+        sweep_interval_s=sweep_interval_s,
+        sweep_rate=sweep_rate,
         on_stored=on_stored,
         on_dead_lettered=on_dead_lettered,
     )
@@ -277,12 +383,13 @@ def main() -> None:
     hooks = _load_hooks(os.environ["MAILBOX_HOOKS"]) if os.environ.get("MAILBOX_HOOKS") else {}
     run_mailbox(
         os.environ.get("BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-        os.environ.get("DATABASE_URL", "sqlite:///instance/app.db"),
+        os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL),
         management_url=os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://guest:guest@127.0.0.1:15672"),
         queue_type=os.environ.get("QUEUE_TYPE", "classic"),
         max_attempts=int(os.environ.get("MAILBOX_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS)),
         poll_interval_s=float(os.environ.get("MAILBOX_POLL_INTERVAL", "0.2")),
-        refresh_interval_s=float(os.environ.get("MAILBOX_REFRESH_INTERVAL", "2.0")),
+        sweep_interval_s=float(os.environ.get("MAILBOX_SWEEP_INTERVAL", "60")),
+        sweep_rate=float(os.environ.get("MAILBOX_SWEEP_RATE", "100")),
         **hooks,
     )
 

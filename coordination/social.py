@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
@@ -22,11 +22,11 @@ from coordination.errors import (
 )
 from coordination.inbox import AttemptTracker, DrainResult, StoredHook, drain_inbox, read_inbox
 from coordination.locks import InboxLock, lock_for
+from coordination.notify import notify
 from coordination.topology import DEFAULT_MAX_ATTEMPTS, validate_agent_id, validate_queue_type
 
 log = logging.getLogger(__name__)
 
-SentHook = Callable[[dict[str, Any]], None]
 DEFAULT_MAX_HOPS = 10
 _MESSAGE_KEYS = frozenset(
     {"from_agent_id", "to_agent_id", "message", "correlation_id", "message_id", "workspace_id", "hop"}
@@ -57,7 +57,6 @@ class SocialLayer:
         max_hops: int = DEFAULT_MAX_HOPS,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         lock: InboxLock | None = None,
-        on_sent: SentHook | None = None,
         on_stored: StoredHook | None = None,
         pool: SessionPool | None = None,
     ) -> None:
@@ -68,7 +67,6 @@ class SocialLayer:
         self.max_hops = max_hops
         self.max_attempts = max_attempts
         self.lock = lock or lock_for(engine)
-        self.on_sent = on_sent
         self.on_stored = on_stored
         self.pool = pool or SessionPool(broker_url, timeout_s=confirm_timeout_s)
         self._attempts = AttemptTracker()
@@ -76,7 +74,7 @@ class SocialLayer:
     # -- sending ---------------------------------------------------------------------------------------
 
     def _prepare(self, item: Mapping[str, Any]) -> tuple[Outgoing, dict[str, Any]]:
-        """Validate one message and build its publish; the envelope is what on_sent receives."""
+        """Validate one message and build its publish plus its envelope (ids, hop) for the caller's result."""
         unknown = set(item) - _MESSAGE_KEYS
         if unknown:
             raise ValueError(f"unknown message fields: {sorted(unknown)}")
@@ -100,7 +98,9 @@ class SocialLayer:
         """Publish with confirms; after a dead connection, republish once from the first unconfirmed item.
 
         A channel enqueues a prefix of what was published, so resending the suffix in order keeps FIFO;
-        a resent copy of something that did arrive is dropped by the idempotent store.
+        a resent copy of something that did arrive is dropped by the idempotent store. Once confirmed, each
+        receiver is notified (coordination.notify) on the same connection, so the mailbox drains only
+        inboxes that have work.
         """
         results: list[str] = [broker.CONNECTION_LOST] * len(outgoing)
         start = 0
@@ -108,6 +108,8 @@ class SocialLayer:
             try:
                 with self.pool.session() as session:
                     part = session.publish(outgoing[start:], timeout_s=self.confirm_timeout_s)
+                    confirmed = [o.routing_key for o, r in zip(outgoing[start:], part, strict=True) if r == broker.CONFIRMED]
+                    notify(session, confirmed)
             except broker.CONNECTION_ERRORS as exc:
                 log.warning("cannot connect to the broker (attempt %d): %s", attempt + 1, exc)
                 part = [broker.CONNECTION_LOST] * (len(outgoing) - start)
@@ -144,8 +146,6 @@ class SocialLayer:
         (outcome,) = self._publish([outgoing])
         if outcome != broker.CONFIRMED:
             raise _error_for(outcome, envelope["message_id"])
-        if self.on_sent is not None:
-            self.on_sent(envelope)
         return {"message_id": envelope["message_id"], "status": "confirmed"}
 
     def send_many(self, messages: Iterable[Mapping[str, Any]], *, raise_on_error: bool = True) -> list[dict[str, Any]]:
@@ -162,8 +162,6 @@ class SocialLayer:
         for (_, envelope), outcome in zip(prepared, outcomes, strict=True):
             if outcome == broker.CONFIRMED:
                 results.append({"message_id": envelope["message_id"], "status": "confirmed"})
-                if self.on_sent is not None:
-                    self.on_sent(envelope)
             else:
                 error = _error_for(outcome, envelope["message_id"])
                 results.append(

@@ -8,6 +8,9 @@ Exchanges and queues:
 - ``agents.dlx`` (fanout, durable) -> ``agents.dead`` (durable classic queue): poison messages. Fanout, so a
   dead letter keeps its original routing key (the receiver) and still reaches ``agents.dead``.
 - ``events`` (topic, durable): the event bus.
+- ``agents.notify`` (fanout, durable): after a send is confirmed, the sender publishes the receiver's id here
+  (coordination.notify). ``mailbox.pending`` (durable, declared by the mailbox) and each web process's
+  inbox-stream watcher queue are bound to it, so the mailbox drains only inboxes that have work.
 
 Poison messages (a delivery whose store keeps failing):
 
@@ -35,6 +38,8 @@ AGENTS_EXCHANGE = "agents.direct"
 DLX_EXCHANGE = "agents.dlx"
 DEAD_QUEUE = "agents.dead"
 EVENTS_EXCHANGE = "events"
+NOTIFY_EXCHANGE = "agents.notify"
+MAILBOX_QUEUE = "mailbox.pending"
 QUEUE_TYPES = ("classic", "quorum")
 DEFAULT_MAX_ATTEMPTS = 5
 MAX_AGENT_ID_LENGTH = 64
@@ -45,6 +50,7 @@ agents_exchange = Exchange(AGENTS_EXCHANGE, type="direct", durable=True)
 dlx_exchange = Exchange(DLX_EXCHANGE, type="fanout", durable=True)
 dead_queue = Queue(DEAD_QUEUE, exchange=dlx_exchange, routing_key="", durable=True, auto_delete=False)
 events_exchange = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
+notify_exchange = Exchange(NOTIFY_EXCHANGE, type="fanout", durable=True)
 
 
 def validate_agent_id(agent_id: str) -> str:
@@ -109,7 +115,7 @@ def _connected(conn_or_url: Connection | str) -> Iterator[Connection]:
 
 def declare_topology_on(channel: Any) -> None:
     """Declare the shared exchanges and the dead-letter queue on an open channel (idempotent)."""
-    for exchange in (agents_exchange, dlx_exchange, events_exchange):
+    for exchange in (agents_exchange, dlx_exchange, events_exchange, notify_exchange):
         exchange(channel).declare()
     dead_queue(channel).declare()
 
@@ -141,6 +147,22 @@ def declare_agent_inbox(
         finally:
             channel.close()
     return str(queue.name)
+
+
+def declare_inbox_on(
+    channel: Any, agent_id: str, *, queue_type: str = "classic", max_attempts: int = DEFAULT_MAX_ATTEMPTS
+) -> str:
+    """Declare and bind one inbox in a single round trip on a channel whose topology is already declared.
+
+    The declare goes without waiting (nowait); the bind's reply follows it on the same channel, so it
+    confirms both, and a failed declare closes the channel with its error before the bind is answered.
+    """
+    name = inbox_queue_name(agent_id)
+    channel.queue_declare(
+        queue=name, durable=True, auto_delete=False, arguments=inbox_arguments(queue_type, max_attempts), nowait=True
+    )
+    channel.queue_bind(queue=name, exchange=AGENTS_EXCHANGE, routing_key=agent_id)
+    return name
 
 
 def delete_agent_inbox(conn_or_url: Connection | str, agent_id: str) -> None:

@@ -26,7 +26,7 @@ class MailboxProcess:
             "DATABASE_URL": database_url,
             "BROKER_URL": broker_url,
             "MAILBOX_POLL_INTERVAL": "0.02",
-            "MAILBOX_REFRESH_INTERVAL": "0.5",
+            "MAILBOX_SWEEP_INTERVAL": "0.5",
             "PYTHONUNBUFFERED": "1",
             **(extra_env or {}),
         }

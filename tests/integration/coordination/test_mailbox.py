@@ -18,7 +18,6 @@ from sqlalchemy import Connection, Engine
 from coordination.broker import BrokerSession
 from coordination.deadletters import list_dead_letters
 from coordination.errors import DeliveryError
-from coordination.events import EventBus
 from coordination.mailbox import Mailbox, management_agent_lister
 from coordination.social import SocialLayer
 from coordination.topology import AGENTS_EXCHANGE
@@ -39,7 +38,7 @@ def start_mailbox(coord_broker_url: str) -> Iterator[Callable[..., subprocess.Po
             "BROKER_URL": coord_broker_url,
             "DATABASE_URL": database_url,
             "MAILBOX_POLL_INTERVAL": "0.02",
-            "MAILBOX_REFRESH_INTERVAL": "0.5",
+            "MAILBOX_SWEEP_INTERVAL": "0.5",
             "LOG_LEVEL": "WARNING",
             **env,
         }
@@ -244,26 +243,56 @@ def test_crash_inside_a_drain_loses_and_duplicates_nothing(
         healthy.close()
 
 
-def test_mailbox_wakes_on_agent_created_event(
+def test_a_new_agents_message_is_stored_without_listing_it(
     pg_social: SocialLayer, pg_engine: Engine, agents: Callable[..., str], coord_broker_url: str
 ) -> None:
-    """With a slow refresh, an agent.created event makes the mailbox re-list agents at once."""
-    known: list[str] = []
-    mailbox = Mailbox(
-        coord_broker_url, pg_engine, list_agent_ids=lambda: list(known), poll_interval_s=0.02, refresh_interval_s=3600
-    )
+    """The sender's notice names the inbox: an agent the mailbox never listed is drained at once."""
+    mailbox = Mailbox(coord_broker_url, pg_engine, list_agent_ids=list, poll_interval_s=0.02, sweep_interval_s=3600)
     mailbox.start()
-    bus = EventBus(coord_broker_url)
     try:
-        time.sleep(0.2)  # the mailbox has listed (no agents) and bound its wake-up queue
         receiver = agents("late")
-        known.append(receiver)
-        bus.publish(event_type="agent.created", data={"agent_id": receiver})
+        started = time.monotonic()
         message_id = pg_social.send_message(from_agent_id="a", to_agent_id=receiver, message="x")["message_id"]
         assert wait_for(lambda: stored_ids(pg_engine, receiver) == [message_id], timeout_s=5)
+        assert time.monotonic() - started < 2.0
     finally:
         mailbox.stop()
-        bus.close()
+
+
+def test_idle_inboxes_cost_nothing_but_the_throttled_sweep(
+    pg_engine: Engine, agents: Callable[..., str], coord_broker_url: str
+) -> None:
+    """200 listed, idle inboxes: after the first round, passes ask at most sweep_rate queues a second."""
+    idle = [agents("idle") for _ in range(200)]
+    mailbox = Mailbox(coord_broker_url, pg_engine, list_agent_ids=lambda: idle, sweep_rate=20, sweep_interval_s=3600)
+    try:
+        first = mailbox.run_once()  # a new session: one unthrottled round
+        assert first.swept == 200 and first.drained == 0
+        started, swept, passes = time.monotonic(), 0, 0
+        while time.monotonic() - started < 1.0:
+            stats = mailbox.run_once(wait_s=0.05)
+            swept, passes = swept + stats.swept, passes + 1
+            assert stats.drained == 0
+        assert passes >= 5
+        assert swept == 0  # the next round is an hour away
+    finally:
+        mailbox._close_session()
+
+
+def test_sweep_stores_a_message_whose_notice_never_came(
+    pg_engine: Engine, agents: Callable[..., str], coord_broker_url: str
+) -> None:
+    """A foreign publisher sends no notice: the throttled sweep finds the queue and stores the message."""
+    receivers = [agents("quiet") for _ in range(30)]
+    mailbox = Mailbox(coord_broker_url, pg_engine, list_agent_ids=lambda: receivers, sweep_rate=100,
+                      sweep_interval_s=0.1)
+    try:
+        mailbox.run_once()  # the first (unthrottled) round finds nothing
+        _publish_raw(coord_broker_url, receivers[-1], json.dumps("hi").encode(), f"raw-{receivers[-1]}", {"from_agent_id": "x", "hop": 0})
+        assert wait_for(lambda: mailbox.run_once(wait_s=0.02).stored > 0 or bool(stored_ids(pg_engine, receivers[-1])))
+        assert stored_ids(pg_engine, receivers[-1]) == [f"raw-{receivers[-1]}"]
+    finally:
+        mailbox._close_session()
 
 
 def test_management_lister_finds_inboxes(agents: Callable[..., str], coord_broker_url: str) -> None:

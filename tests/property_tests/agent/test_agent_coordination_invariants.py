@@ -62,7 +62,7 @@ def mailbox(pg_app: Flask) -> Iterator[list[str]]:
     with pg_app.app_context():
         engine = db.engine
     box = Mailbox(pg_app.config["BROKER_URL"], engine, list_agent_ids=lambda: list(watched), poll_interval_s=0.02,
-                  refresh_interval_s=0.05, on_stored=coordination_clients.on_stored)
+                  sweep_interval_s=0.05, on_stored=coordination_clients.on_stored)
     box.start()
     yield watched
     box.stop()
