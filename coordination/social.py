@@ -108,8 +108,8 @@ class SocialLayer:
             try:
                 with self.pool.session() as session:
                     part = session.publish(outgoing[start:], timeout_s=self.confirm_timeout_s)
-                    confirmed = [o.routing_key for o, r in zip(outgoing[start:], part, strict=True) if r == broker.CONFIRMED]
-                    notify(session, confirmed)
+                    sent = zip(outgoing[start:], part, strict=True)
+                    notify(session, [item.routing_key for item, result in sent if result == broker.CONFIRMED])
             except broker.CONNECTION_ERRORS as exc:
                 log.warning("cannot connect to the broker (attempt %d): %s", attempt + 1, exc)
                 part = [broker.CONNECTION_LOST] * (len(outgoing) - start)

@@ -288,9 +288,10 @@ def test_sweep_stores_a_message_whose_notice_never_came(
                       sweep_interval_s=0.1)
     try:
         mailbox.run_once()  # the first (unthrottled) round finds nothing
-        _publish_raw(coord_broker_url, receivers[-1], json.dumps("hi").encode(), f"raw-{receivers[-1]}", {"from_agent_id": "x", "hop": 0})
+        raw_id = f"raw-{receivers[-1]}"
+        _publish_raw(coord_broker_url, receivers[-1], json.dumps("hi").encode(), raw_id, {"from_agent_id": "x"})
         assert wait_for(lambda: mailbox.run_once(wait_s=0.02).stored > 0 or bool(stored_ids(pg_engine, receivers[-1])))
-        assert stored_ids(pg_engine, receivers[-1]) == [f"raw-{receivers[-1]}"]
+        assert stored_ids(pg_engine, receivers[-1]) == [raw_id]
     finally:
         mailbox._close_session()
 
