@@ -29,14 +29,18 @@ def _agent_fields(model: AgentCreate | AgentUpdate) -> dict[str, Any]:
     return fields
 
 
+def create_fields(body: AgentCreate) -> dict[str, Any]:
+    """The model fields of a validated POST /agents body (also used by `flask agents import`)."""
+    fields = _agent_fields(body)
+    fields["llm"] = fields.get("llm") or {"provider": DEFAULT_PROVIDER}
+    return fields
+
+
 @bp.post("")
 @api_doc(summary="Register an agent", body=AgentCreate, responses={201: AgentOut, 422: ErrorOut},
          tags=["agents"])
 def create_agent() -> tuple[dict[str, Any], int]:
-    body = parse_body(AgentCreate)
-    fields = _agent_fields(body)
-    fields["llm"] = fields.get("llm") or {"provider": DEFAULT_PROVIDER}
-    agent = agents.create(current_principal(), fields)
+    agent = agents.create(current_principal(), create_fields(parse_body(AgentCreate)))
     return agents.serialize(agent), 201
 
 

@@ -9,6 +9,7 @@ from sqlalchemy import select
 from app.extensions import db
 from app.llm import DEFAULT_PROVIDER
 from app.models import Agent
+from app.models.types import new_id
 from app.services import audit, events, inboxes
 from app.services.auth import Principal
 from app.services.errors import NotFound
@@ -40,7 +41,12 @@ def get(principal: Principal, agent_id: str) -> Agent:
 
 
 def create(principal: Principal, fields: dict[str, Any]) -> Agent:
-    agent = Agent(workspace_id=principal.workspace_id, **fields)
+    """Declare the inbox first, then insert, audit and commit: the broker's round trip never runs while this
+    transaction holds the workspace's audit chain head, so creations in one workspace overlap at the broker.
+    No broker: 503 and no row. A failed commit leaves an unused queue, which is harmless."""
+    agent = Agent(id=new_id(), workspace_id=principal.workspace_id, **fields)
+    db.session.commit()  # hold no transaction (SQLite: no write lock) while waiting for the broker
+    inboxes.declare(agent.id)
     db.session.add(agent)
     db.session.flush()
     audit.record(
@@ -50,10 +56,30 @@ def create(principal: Principal, fields: dict[str, Any]) -> Agent:
         action="agent.created",
         details={"name": agent.name, "maturity_level": agent.maturity_level},
     )
-    inboxes.declare(agent.id)
     db.session.commit()
     events.announce_agent(agent, "created")
     return agent
+
+
+def create_many(principal: Principal, rows: list[dict[str, Any]]) -> list[str]:
+    """Bulk registration (`flask agents import`): inboxes declared pipelined, then one transaction for the rows
+    and their `agent.created` audit rows; returns the new ids in order. No workspace announcements (they would
+    cost one confirmed publish each)."""
+    created = [Agent(id=new_id(), workspace_id=principal.workspace_id, **fields) for fields in rows]
+    if not created:
+        return []
+    db.session.commit()  # hold no transaction (SQLite: no write lock) while waiting for the broker
+    inboxes.declare_many([agent.id for agent in created])
+    db.session.add_all(created)
+    db.session.flush()
+    audit.record_many([
+        {"workspace_id": principal.workspace_id, "actor": principal.actor, "agent_id": agent.id,
+         "action": "agent.created", "details": {"name": agent.name, "maturity_level": agent.maturity_level}}
+        for agent in created
+    ])
+    ids = [agent.id for agent in created]
+    db.session.commit()
+    return ids
 
 
 def update(principal: Principal, agent_id: str, changes: dict[str, Any]) -> Agent:

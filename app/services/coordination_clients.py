@@ -20,6 +20,7 @@ from app.metrics import INBOX_LAG, MESSAGES
 from app.models import Agent
 from app.services import audit
 from coordination.events import EventBus
+from coordination.notify import InboxWatcher
 from coordination.social import SocialLayer
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,14 @@ class Clients:
 
     social: SocialLayer
     bus: EventBus
+    watcher: InboxWatcher
     pid: int
 
     def close(self) -> None:
-        """Close pooled broker connections."""
+        """Close pooled broker connections and the inbox watcher."""
         self.social.close()
         self.bus.close()
+        self.watcher.close()
 
 
 def on_stored(conn: Connection, row: dict[str, Any]) -> None:
@@ -100,7 +103,12 @@ def _build(app: Flask) -> Clients:
         max_attempts=int(config["MAILBOX_MAX_ATTEMPTS"]),
         on_stored=on_stored,
     )
-    return Clients(social=social, bus=EventBus(config["BROKER_URL"], confirm_timeout_s=timeout_s), pid=os.getpid())
+    return Clients(
+        social=social,
+        bus=EventBus(config["BROKER_URL"], confirm_timeout_s=timeout_s),
+        watcher=InboxWatcher(config["BROKER_URL"], timeout_s=timeout_s),
+        pid=os.getpid(),
+    )
 
 
 def clients() -> Clients:
@@ -124,3 +132,8 @@ def social() -> SocialLayer:
 def bus() -> EventBus:
     """The app's EventBus (topic exchange `events`)."""
     return clients().bus
+
+
+def watcher() -> InboxWatcher:
+    """The app's inbox watcher: wakes inbox-stream followers of this process when a message is sent."""
+    return clients().watcher

@@ -2,8 +2,7 @@
 
 A workspace's event `<type>` travels with routing key `ws.<workspace_id>.<type>` and a subscription's pattern
 `<p>` binds as `ws.<workspace_id>.<p>`, so no pattern a client can send reaches another workspace's events.
-Unprefixed keys (`agent.created`, `agent.deleted`) are system events for the mailbox; clients cannot publish
-or bind them.
+Unprefixed keys are reserved for system events; clients cannot publish or bind them.
 """
 
 from __future__ import annotations
@@ -98,10 +97,9 @@ def public_event(workspace_id: str, event: dict[str, Any]) -> dict[str, Any]:
 
 
 def announce_agent(agent: Agent, kind: str) -> None:
-    """Best effort after commit: wake the mailbox (system event) and tell the workspace's subscribers."""
+    """Best effort after commit: tell the workspace's subscribers (the mailbox needs no event: sends notify it)."""
     data = {"agent_id": agent.id, "name": agent.name}
     try:
-        bus().publish(event_type=f"agent.{kind}", data={**data, "workspace_id": agent.workspace_id})
         bus().publish(event_type=scoped(agent.workspace_id, f"agent.{kind}"), data=data)
-    except Exception as exc:  # noqa: BLE001 - the mailbox re-lists agents every few seconds anyway
+    except Exception as exc:  # noqa: BLE001 - an announcement is not worth failing the request
         log.warning("could not announce agent.%s for %s: %s", kind, agent.id, exc, extra={"agent_id": agent.id})

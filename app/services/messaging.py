@@ -16,7 +16,7 @@ from app.metrics import MESSAGES, PUBLISH_CONFIRM
 from app.models import Agent
 from app.services import agents, audit
 from app.services.auth import Principal
-from app.services.coordination_clients import social
+from app.services.coordination_clients import social, watcher
 from app.services.errors import Conflict, Unavailable, ValidationFailed
 from app.services.events import check_size
 from coordination import schema
@@ -27,6 +27,7 @@ from coordination.social import SocialLayer
 log = logging.getLogger(__name__)
 
 MAX_READ_LIMIT = 1000
+STREAM_RECHECK_S = 5.0  # a follower re-reads this often even without a notice (one lost with a connection)
 
 
 @dataclass(frozen=True)
@@ -150,27 +151,36 @@ def read(principal: Principal, agent_id: str, *, after: int = 0, limit: int = 10
 
 
 def follow(principal: Principal, agent_id: str, *, after: int, poll_s: float) -> Iterator[dict[str, Any] | None]:
-    """Inbox rows after `after`, then live ones as they arrive; None after each idle poll (for heartbeats).
+    """Inbox rows after `after`, then live ones as they are sent; None after each quiet `poll_s` (for heartbeats).
 
-    Checks tenancy now and then needs neither the request nor the session (it runs after the response starts).
+    A follower wakes on the sender's notice (coordination.notify, one watcher per process), then drains and
+    reads; while nothing is sent it touches neither the broker nor the database, except for a re-read every
+    STREAM_RECHECK_S in case a notice was lost. Checks tenancy now and then needs neither the request nor the
+    session (it runs after the response starts).
     """
     target = agents.get(principal, agent_id).id
     db.session.commit()  # read before: a commit expires the row, and a refresh would open a transaction again
     layer = social()
+    inbox_watcher = watcher()
 
     def rows() -> Iterator[dict[str, Any] | None]:
-        position = after
-        while True:
-            try:
-                batch = layer.get_messages(agent_id=target, after=position, limit=100, drain=True)
-            except CoordinationError:  # broker blip: serve what is stored, drain again on the next poll
-                batch = layer.get_messages(agent_id=target, after=position, limit=100, drain=False)
-            yield from batch
-            if batch:
-                position = batch[-1]["seq"]
-            if len(batch) < 100:
-                yield None
-                time.sleep(poll_s)
+        with inbox_watcher.watch(target) as watch:  # bound before the first read: no notice falls in between
+            position = after
+            while True:
+                try:
+                    batch = layer.get_messages(agent_id=target, after=position, limit=100, drain=True)
+                except CoordinationError:  # broker blip: serve what is stored, drain again on the next wake
+                    batch = layer.get_messages(agent_id=target, after=position, limit=100, drain=False)
+                yield from batch
+                if batch:
+                    position = batch[-1]["seq"]
+                if len(batch) == 100:
+                    continue
+                quiet_since = time.monotonic()
+                while not watch.wait(poll_s):
+                    yield None
+                    if time.monotonic() - quiet_since >= STREAM_RECHECK_S:
+                        break
 
     return rows()
 
