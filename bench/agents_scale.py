@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from flask_migrate import upgrade
 from sqlalchemy import Engine, create_engine, func, select, text
 
@@ -266,18 +267,19 @@ class Follower:
 
 
 def follow(port: int, key: str, follower: Follower, after: int, ready: threading.Event) -> None:
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    connection.request("GET", f"/agents/{follower.agent_id}/messages/stream?after={after}", headers={
-        "Authorization": f"Bearer {key}"})
-    response = follower.response = connection.getresponse()
-    ready.set()
-    try:
-        for raw in response:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("data: "):
-                follower.seen[json.loads(line[6:])["message_id"]] = time.monotonic()
-    except (OSError, ValueError, http.client.HTTPException):
-        return
+    """Read one inbox stream until closed, stamping each message event."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
+                      timeout=httpx.Timeout(10, read=None)) as client:
+        try:
+            with client.stream("GET", f"/agents/{follower.agent_id}/messages/stream",
+                               params={"after": after}) as response:
+                follower.response = response
+                ready.set()
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        follower.seen[json.loads(line[6:])["message_id"]] = time.monotonic()
+        except (httpx.HTTPError, ValueError, RuntimeError):
+            return
 
 
 def stream_delivery(stack: Stack, key: str, engine: Engine, sender: str, active: list[str], streams: int,
@@ -302,7 +304,8 @@ def stream_delivery(stack: Stack, key: str, engine: Engine, sender: str, active:
         time.sleep(0.02)
     wait_until(lambda: all(mid in f.seen for mid, (f, _) in returned.items()), 60, "every event on its stream")
     for follower in followers:
-        follower.response.close()
+        if follower.response is not None:
+            follower.response.close()
     return [(f.seen[mid] - at) * 1000 for mid, (f, at) in returned.items()]
 
 

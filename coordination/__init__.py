@@ -1,1 +1,1 @@
-"""Agent coordination over RabbitMQ: topology, messaging, mailbox, event bus, workflows (no app imports)."""
+"""Agent coordination over RabbitMQ: topology, messaging, mailbox, notices, event bus (no app imports)."""

@@ -15,6 +15,9 @@ from coordination.topology import AGENTS_EXCHANGE, validate_agent_id
 MAX_ID_LENGTH = 128
 MAX_WORKSPACE_ID_LENGTH = 36
 CONTENT_TYPE = "application/json"
+# Replies get a message_id derived from the message they answer (uuid5 in this namespace), so answering the same
+# message twice (a redelivery, a retried task) sends the same message again and the inbox keeps one copy.
+_REPLY_NAMESPACE = uuid.UUID("6f1c7f9e-3f5d-4c1a-9a57-2d0c3c1f8b41")
 
 
 def new_id() -> str:
@@ -163,3 +166,15 @@ def public_row(row: Any) -> dict[str, Any]:
         "delivered_at": iso(row.delivered_at),
         "hop": int(row.hop),
     }
+
+
+def next_hop(hop: int, max_hops: int) -> int | None:
+    """The hop of a reply to a message at `hop`, or None when replying would exceed max_hops (workflows end)."""
+    if hop < 0 or max_hops < 0:
+        raise ValueError("hop and max_hops must be >= 0")
+    return hop + 1 if hop < max_hops else None
+
+
+def reply_message_id(message_id: str) -> str:
+    """A deterministic id for the reply to message_id (idempotent replies)."""
+    return uuid.uuid5(_REPLY_NAMESPACE, message_id).hex

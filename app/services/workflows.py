@@ -26,7 +26,7 @@ from app.services.errors import GovernanceDenied, Unavailable, ValidationFailed
 from app.services.executions import llm_config, requests
 from app.services.executions.requests import Enqueue, ExecutionRequest
 from app.services.messaging import MessageRequest
-from coordination.workflows import next_hop, reply_message_id
+from coordination.envelope import next_hop, reply_message_id
 
 log = logging.getLogger(__name__)
 

@@ -255,6 +255,24 @@ def test_workflow_termination_within_max_hops(api: ApiClient, max_hops: int, aut
         app.config["MAX_HOPS"] = previous
 
 
+def test_a_redelivered_persist_sends_one_reply(api: ApiClient) -> None:
+    """reply_for_execution runs again when the persist task is redelivered: the same reply, stored once."""
+    app = api.client.application
+    queued: list[str] = []
+    principal = Principal(workspace_id=api.workspace_id, key_id="", actor="test")
+    with Agents(api, 1) as (a,), Agents(api, 1) as (b,):
+        with app.app_context():
+            workflows.send_message(principal, a, MessageRequest(to_agent_id=b, message="ping", execute=True),
+                                   enqueue=lambda execution_id, _tasks: queued.append(execution_id))
+            (execution_id,) = queued
+            finish(execution_id, "pong")
+            first = workflows.reply_for_execution(execution_id, enqueue=lambda e, _t: queued.append(e))
+            again = workflows.reply_for_execution(execution_id, enqueue=lambda e, _t: queued.append(e))
+        assert first is not None and again is not None and first["message_id"] == again["message_id"]
+        replies = read(api, a)
+        assert [(m["message"], m["hop"], m["message_id"]) for m in replies] == [("pong", 1, first["message_id"])]
+
+
 def finish(execution_id: str, output: str) -> None:
     """What the worker's chain would do: complete the execution with an output."""
     db.session.execute(update(Execution).where(Execution.id == execution_id)

@@ -10,7 +10,7 @@ import pytest
 
 from coordination import broker, topology
 from coordination.broker import BrokerSession, _Tracking
-from coordination.envelope import decode_delivery, encode_message, iso, parse_iso
+from coordination.envelope import decode_delivery, encode_message, iso, next_hop, parse_iso, reply_message_id
 from coordination.events import validate_event_type, validate_pattern
 from coordination.inbox import AttemptTracker
 from coordination.locks import lock_key
@@ -112,3 +112,16 @@ def test_event_type_and_pattern_validation() -> None:
             validate_event_type(bad)
     with pytest.raises(ValueError):
         validate_pattern("agent.#x")
+
+
+def test_next_hop_stops_at_max_hops() -> None:
+    assert next_hop(0, 3) == 1
+    assert next_hop(2, 3) == 3
+    assert next_hop(3, 3) is None
+    assert next_hop(0, 0) is None
+    with pytest.raises(ValueError):
+        next_hop(-1, 3)
+
+
+def test_reply_id_is_deterministic() -> None:
+    assert reply_message_id("m1") == reply_message_id("m1") != reply_message_id("m2")
