@@ -152,6 +152,20 @@ class Api:
         return result
 
 
+def postgres_cpu_seconds(database: str) -> float:
+    """CPU of the PostgreSQL backends serving this run's database."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                if command.startswith("postgres:") and database in command:
+                    total += cpu_seconds(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
 def api_create(port: int, key: str, count: int) -> tuple[list[str], float]:
     """POST /agents from CLIENTS threads; the new ids and agents per second."""
     ids: list[str] = []
@@ -337,14 +351,20 @@ def measure(design: Design, size: int, env: dict[str, str], logs: Path, node: Ra
         idle = idle_cpu(stack, node_pid(node), args.idle_s)
         stored = send_to_stored(stack, key, engine, sender, active, args.sends)
         delivered = stream_delivery(stack, key, engine, sender, active, args.streams, args.stream_sends)
+        database = env["DATABASE_URL"].rsplit("/", 1)[1]
+        broker_pid = node_pid(node)
+        before = (group_cpu_seconds(stack.web.pid), cpu_seconds(broker_pid), postgres_cpu_seconds(database))
         created, rate = api_create(stack.port, key, args.api_creates)
+        after = (group_cpu_seconds(stack.web.pid), cpu_seconds(broker_pid), postgres_cpu_seconds(database))
+        per_create = [round((b - a) * 1000 / max(1, len(created)), 2) for a, b in zip(before, after, strict=True)]
     finally:
         stack.stop()
     row = {
         "design": design.name, "agents": size, "first_sweep_s": round(settle_s, 1), **idle,
         "stored_p50_ms": percentile(stored, 50), "stored_p99_ms": percentile(stored, 99),
         "stream_p50_ms": percentile(delivered, 50), "stream_p99_ms": percentile(delivered, 99),
-        "api_creates_per_s": rate,
+        "api_creates_per_s": rate, "create_cpu_ms_web": per_create[0], "create_cpu_ms_broker": per_create[1],
+        "create_cpu_ms_postgres": per_create[2],
     }
     print(json.dumps(row), flush=True)
     return row | {"created": created}
@@ -431,7 +451,8 @@ def main() -> None:
     result = run(args)
     print(table(result["rows"], ["design", "agents", "first_sweep_s", "mailbox_idle_cpu_pct", "broker_idle_cpu_pct",
                                  "stored_p50_ms", "stored_p99_ms", "stream_p50_ms", "stream_p99_ms",
-                                 "api_creates_per_s", "api_create_ratio", "bulk_creates_per_s",
+                                 "api_creates_per_s", "api_create_ratio", "create_cpu_ms_web",
+                                 "create_cpu_ms_broker", "create_cpu_ms_postgres", "bulk_creates_per_s",
                                  "mem_per_queue_kb"]))
     print(f"floor: {result['floor_declares_per_s']:.0f} bare inbox declares/s")
     bars = {f"{row['design']} {row['agents']:,}": row["mailbox_idle_cpu_pct"] for row in result["rows"]}
