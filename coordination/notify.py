@@ -62,17 +62,23 @@ def decode_notice(message: Any) -> str | None:
 
 
 class Watch:
-    """One follower's wake-up flag: set by the watcher when a notice for its agent arrives."""
+    """One follower's wake-up flag: set by the watcher when a notice for its agent arrives.
+
+    Clear it before each read and wait after it: a notice that lands during the read keeps the flag set, so
+    the next wait returns at once and no wake-up is lost.
+    """
 
     def __init__(self, agent_id: str) -> None:
         self.agent_id = agent_id
         self.event = threading.Event()
 
-    def wait(self, timeout_s: float) -> bool:
-        """Block until woken or timeout_s passed; True if woken. Clears the flag for the next wait."""
-        woken = self.event.wait(timeout_s)
+    def clear(self) -> None:
+        """Call before reading the inbox."""
         self.event.clear()
-        return woken
+
+    def wait(self, timeout_s: float) -> bool:
+        """Block until woken (since the last clear) or timeout_s passed; True if woken."""
+        return self.event.wait(timeout_s)
 
 
 class InboxWatcher:

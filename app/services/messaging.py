@@ -167,6 +167,7 @@ def follow(principal: Principal, agent_id: str, *, after: int, poll_s: float) ->
         with inbox_watcher.watch(target) as watch:  # bound before the first read: no notice falls in between
             position = after
             while True:
+                watch.clear()
                 try:
                     batch = layer.get_messages(agent_id=target, after=position, limit=100, drain=True)
                 except CoordinationError:  # broker blip: serve what is stored, drain again on the next wake
