@@ -363,6 +363,7 @@ def measure(design: Design, size: int, env: dict[str, str], logs: Path, node: Ra
         "design": design.name, "agents": size, "first_sweep_s": round(settle_s, 1), **idle,
         "stored_p50_ms": percentile(stored, 50), "stored_p99_ms": percentile(stored, 99),
         "stream_p50_ms": percentile(delivered, 50), "stream_p99_ms": percentile(delivered, 99),
+        "stored_slowest_ms": sorted(stored)[-3:], "stream_slowest_ms": sorted(delivered)[-3:],
         "api_creates_per_s": rate, "create_cpu_ms_web": per_create[0], "create_cpu_ms_broker": per_create[1],
         "create_cpu_ms_postgres": per_create[2],
     }

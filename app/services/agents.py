@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select
 
 from app.extensions import db
 from app.llm import DEFAULT_PROVIDER
@@ -40,23 +40,37 @@ def get(principal: Principal, agent_id: str) -> Agent:
     return agent
 
 
+def _new_row(workspace_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """Every column of a new agent, its model defaults filled in here (a Core insert applies no ORM defaults)."""
+    now = utcnow()
+    row: dict[str, Any] = {"id": new_id(), "workspace_id": workspace_id, "created_at": now, "updated_at": now}
+    for column in Agent.__table__.columns:
+        if column.name not in row and column.default is not None and column.default.is_scalar:
+            row[column.name] = column.default.arg
+    return {"llm": {}, "system_prompt": None, "deleted_at": None, **row, **fields}
+
+
+def _insert(principal: Principal, rows: list[dict[str, Any]]) -> None:
+    """Insert agent rows and their `agent.created` audit rows (Core, no ORM flush) in the current transaction."""
+    db.session.execute(insert(Agent.__table__), rows)
+    audit.record_many([
+        {"workspace_id": principal.workspace_id, "actor": principal.actor, "agent_id": row["id"],
+         "action": "agent.created", "details": {"name": row["name"], "maturity_level": row["maturity_level"]}}
+        for row in rows
+    ])
+
+
 def create(principal: Principal, fields: dict[str, Any]) -> Agent:
     """Declare the inbox first, then insert, audit and commit: the broker's round trip never runs while this
     transaction holds the workspace's audit chain head, so creations in one workspace overlap at the broker.
-    No broker: 503 and no row. A failed commit leaves an unused queue, which is harmless."""
-    agent = Agent(id=new_id(), workspace_id=principal.workspace_id, **fields)
+    No broker: 503 and no row. A failed commit leaves an unused queue, which is harmless. The returned agent
+    is built from the inserted row (not loaded back)."""
+    row = _new_row(principal.workspace_id, fields)
     db.session.commit()  # hold no transaction (SQLite: no write lock) while waiting for the broker
-    inboxes.declare(agent.id)
-    db.session.add(agent)
-    db.session.flush()
-    audit.record(
-        workspace_id=principal.workspace_id,
-        actor=principal.actor,
-        agent_id=agent.id,
-        action="agent.created",
-        details={"name": agent.name, "maturity_level": agent.maturity_level},
-    )
+    inboxes.declare(row["id"])
+    _insert(principal, [row])
     db.session.commit()
+    agent = Agent(**row)
     events.announce_agent(agent, "created")
     return agent
 
@@ -65,21 +79,14 @@ def create_many(principal: Principal, rows: list[dict[str, Any]]) -> list[str]:
     """Bulk registration (`flask agents import`): inboxes declared pipelined, then one transaction for the rows
     and their `agent.created` audit rows; returns the new ids in order. No workspace announcements (they would
     cost one confirmed publish each)."""
-    created = [Agent(id=new_id(), workspace_id=principal.workspace_id, **fields) for fields in rows]
-    if not created:
+    new_rows = [_new_row(principal.workspace_id, fields) for fields in rows]
+    if not new_rows:
         return []
     db.session.commit()  # hold no transaction (SQLite: no write lock) while waiting for the broker
-    inboxes.declare_many([agent.id for agent in created])
-    db.session.add_all(created)
-    db.session.flush()
-    audit.record_many([
-        {"workspace_id": principal.workspace_id, "actor": principal.actor, "agent_id": agent.id,
-         "action": "agent.created", "details": {"name": agent.name, "maturity_level": agent.maturity_level}}
-        for agent in created
-    ])
-    ids = [agent.id for agent in created]
+    inboxes.declare_many([row["id"] for row in new_rows])
+    _insert(principal, new_rows)
     db.session.commit()
-    return ids
+    return [row["id"] for row in new_rows]
 
 
 def update(principal: Principal, agent_id: str, changes: dict[str, Any]) -> Agent:

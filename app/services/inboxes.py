@@ -41,7 +41,7 @@ def declare(agent_id: str) -> None:
                 raise Unavailable("message broker unavailable", {"dependency": "broker"}) from exc
 
 
-def declare_many(agent_ids: list[str], *, chunk: int = 500) -> None:
+def declare_many(agent_ids: list[str], *, chunk: int = 100) -> None:
     """Declare many inboxes pipelined: declares and binds go without waiting, one round trip per chunk.
 
     A failed declare closes the channel, so the chunk's closing synchronous call raises its error: 503.
