@@ -54,8 +54,8 @@ def _insert(principal: Principal, rows: list[dict[str, Any]]) -> None:
     """Insert agent rows and their `agent.created` audit rows (Core, no ORM flush) in the current transaction."""
     db.session.execute(insert(Agent.__table__), rows)
     audit.record_many([
-        {"workspace_id": principal.workspace_id, "actor": principal.actor, "agent_id": row["id"],
-         "action": "agent.created", "details": {"name": row["name"], "maturity_level": row["maturity_level"]}}
+        audit.Entry(principal.workspace_id, principal.actor, "agent.created", agent_id=row["id"],
+                    details={"name": row["name"], "maturity_level": row["maturity_level"]})
         for row in rows
     ])
 
