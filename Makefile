@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging bench-execute bench-sse bench-summary bench-fairness bench-tracing
+.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging bench-execute bench-sse bench-summary bench-fairness bench-tracing bench-agents
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -58,10 +58,13 @@ bench: install services  ## Every benchmark (execute, messaging, sse_streams, ag
 	$(PY) -m bench.execute
 	$(PY) -m bench.messaging
 	$(PY) -m bench.sse_streams
-	$(PY) -m bench.agents_scale --sizes 100,1000,10000
+	$(PY) -m bench.agents_scale --sizes 1000,10000
 	$(PY) -m bench.fairness
 	$(PY) -m bench.tracing
 	$(PY) -m bench.summary
+
+bench-agents: install services  ## Mailbox and creation cost at 1,000 / 10,000 / 100,000 agents, notified vs polling (~30 min)
+	$(PY) -m bench.agents_scale --sizes 1000,10000,100000
 
 bench-summary:  ## The summary table of the last results under bench/results/
 	$(PY) -m bench.summary
