@@ -174,7 +174,12 @@ def api_create(port: int, key: str, count: int) -> tuple[list[str], float]:
     def create(n: int) -> None:
         api = Api(port, key)
         for i in range(n):
-            agent = api.post("/agents", {"name": f"scale-{i}", "maturity_level": "STUDENT"}, 201)
+            try:
+                agent = api.post("/agents", {"name": f"scale-{i}", "maturity_level": "STUDENT"}, 201)
+            except RuntimeError as exc:  # a 503 (the shared PostgreSQL out of connections): counted, not fatal
+                print(f"create failed: {exc}", flush=True)
+                api = Api(port, key)
+                continue
             with lock:
                 ids.append(agent["id"])
 
