@@ -139,6 +139,7 @@ class Mailbox:
         self._notices: Any = None
         self._pending: dict[str, None] = {}
         self._last_tag = 0
+        self._acked_tag = 0
         self._retry: dict[str, float] = {}
         self._sweep: _Sweep | None = None
         self._next_sweep = 0.0
@@ -165,7 +166,7 @@ class Mailbox:
                 raise
             self._session, self._notices = session, channel
             self._pending.clear()
-            self._last_tag = 0
+            self._last_tag = self._acked_tag = 0  # delivery tags are per channel
             self._sweep = None
             self._next_sweep = 0.0  # notices may have been lost while we were away
         return self._session
@@ -266,8 +267,9 @@ class Mailbox:
             else:
                 self._retry.pop(agent_id, None)
         else:
-            if last_tag and self._notices is not None:
+            if last_tag > self._acked_tag and self._notices is not None:
                 self._notices.basic_ack(last_tag, multiple=True)  # every notice up to it was drained
+                self._acked_tag = last_tag
         if stats.dead_lettered or time.monotonic() >= self._next_dead_letters:
             stats.dead_letter_rows = drain_dead_letters(session, self.engine, on_dead_lettered=self.on_dead_lettered)
             self._next_dead_letters = time.monotonic() + DEAD_LETTER_INTERVAL_S

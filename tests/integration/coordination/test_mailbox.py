@@ -259,6 +259,25 @@ def test_a_new_agents_message_is_stored_without_listing_it(
         mailbox.stop()
 
 
+def test_passes_after_a_notice_keep_their_session(
+    pg_social: SocialLayer, pg_engine: Engine, agents: Callable[..., str], coord_broker_url: str
+) -> None:
+    """A notice is acked once: quiet passes after it neither re-ack it nor lose the channel (no reconnect)."""
+    receiver = agents("acked")
+    mailbox = Mailbox(coord_broker_url, pg_engine, list_agent_ids=list, sweep_interval_s=3600)
+    try:
+        mailbox.run_once()
+        session = mailbox._session
+        message_id = pg_social.send_message(from_agent_id="a", to_agent_id=receiver, message="x")["message_id"]
+        assert wait_for(lambda: mailbox.run_once(wait_s=0.05).stored > 0, timeout_s=5)
+        for _ in range(5):
+            mailbox.run_once(wait_s=0.05)
+        assert mailbox._session is session and not session.broken
+        assert stored_ids(pg_engine, receiver) == [message_id]
+    finally:
+        mailbox._close_session()
+
+
 def test_idle_inboxes_cost_nothing_but_the_throttled_sweep(
     pg_engine: Engine, agents: Callable[..., str], coord_broker_url: str
 ) -> None:
