@@ -225,7 +225,7 @@ class Mailbox:
         found = [agent_id for agent_id in chunk if self._ready_count(session, agent_id)]
         if sweep.position >= len(sweep.agents):
             log.log(logging.DEBUG if sweep.throttled else logging.INFO, "sweep round done: %d inboxes in %.1fs",
-                    len(sweep.agents), now - sweep.started)
+                    len(sweep.agents), time.monotonic() - sweep.started)
             self._sweep = None
             self._next_sweep = max(sweep.started + self.sweep_interval_s, now + 1e-3)
         return found, len(chunk)
