@@ -286,19 +286,25 @@ class Follower:
 
 
 def follow(port: int, key: str, follower: Follower, after: int, ready: threading.Event) -> None:
-    """Read one inbox stream until closed, stamping each message event."""
+    """Read one inbox stream until closed, stamping each message event; reconnects after a 503 (busy database)."""
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
                       timeout=httpx.Timeout(10, read=None)) as client:
-        try:
-            with client.stream("GET", f"/agents/{follower.agent_id}/messages/stream",
-                               params={"after": after}) as response:
-                follower.response = response
-                ready.set()
-                for line in response.iter_lines():
-                    if line.startswith("data: "):
-                        follower.seen[json.loads(line[6:])["message_id"]] = time.monotonic()
-        except (httpx.HTTPError, ValueError, RuntimeError):
-            return
+        for _attempt in range(20):
+            try:
+                with client.stream("GET", f"/agents/{follower.agent_id}/messages/stream",
+                                   params={"after": after}) as response:
+                    if response.status_code != 200:
+                        print(f"stream answered {response.status_code}; reconnecting", flush=True)
+                        time.sleep(0.5)
+                        continue
+                    follower.response = response
+                    ready.set()
+                    for line in response.iter_lines():
+                        if line.startswith("data: "):
+                            follower.seen[json.loads(line[6:])["message_id"]] = time.monotonic()
+                    return
+            except (httpx.HTTPError, ValueError, RuntimeError):
+                return
 
 
 def stream_delivery(stack: Stack, key: str, engine: Engine, sender: str, active: list[str], streams: int,
