@@ -35,19 +35,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 
-from app import create_app
 from app.services import auth
-from bench.execute import cpu_by_role, free_port, gunicorn, serving, wait_until
+from bench.execute import cpu_by_role, free_port, gunicorn, migrated_app, serving, wait_until
 from bench.profile import recording
 from bench.report import percentile, save, table
-from bench.sse_streams import raise_nofile
+from bench.sse_streams import TERMINAL, open_events, raise_nofile
 from tests.support import services
+from tests.support.processes import stop_group
 from tests.support.worker import GOVERNANCE_QUEUES, ROOT, WorkerProcess, llm_worker
 
-TERMINAL = ("completed", "failed", "cancelled", "timed_out", "denied")
 SUBMITTERS = 16
 # Per process role (each connects with its own application_name): connections, and sessions idle inside a
 # transaction for over a second (a step holding a transaction while it waits on the network would show here).
@@ -70,6 +68,8 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, h
         if name.lower() == "content-length":
             length = int(value)
     payload = await reader.readexactly(length)
+    if b" 503 " in status:
+        return b""  # unavailable (a pool was busy): the caller retries, as the API asks
     if b" 200 " not in status:
         raise RuntimeError(f"POST answered {status!r}: {payload[:300]!r}")
     return payload
@@ -77,42 +77,25 @@ async def _request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, h
 
 async def _follow(host: str, port: int, key: str, execution_id: str, posted_at: float, out: dict[str, Any]) -> None:
     """Read the execution's events to its terminal event; record every delta's lag and check the order."""
-    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
-    writer.write((f"GET /executions/{execution_id}/events HTTP/1.0\r\nHost: {host}\r\n"
-                  f"Authorization: Bearer {key}\r\nAccept: text/event-stream\r\n\r\n").encode())
-    await writer.drain()
-    status = await reader.readline()
-    if b" 200 " not in status:
-        raise RuntimeError(f"{execution_id}: events answered {status!r}")
-    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-        pass
     ids: list[int] = []
     seqs: list[int] = []
     lags: list[float] = []
     texts: list[str] = []
     first_recv = 0.0
-    event_id, name, terminal, output = 0, "", "", None
-    while line := await reader.readline():
-        if line.startswith(b"id: "):
-            event_id = int(line[4:])
-        elif line.startswith(b"event: "):
-            name = line[7:].strip().decode()
-        elif line.startswith(b"data: "):
-            now = time.time()
-            ids.append(event_id)
-            data = json.loads(line[6:])
-            if name == "delta":
-                seq, _, sent = data["text"].strip().partition("@")
-                seqs.append(int(seq))
-                lags.append((now - float(sent)) * 1000)
-                texts.append(data["text"])
-                first_recv = first_recv or now
-            elif name in TERMINAL:
-                terminal, output = name, data.get("output")
-                if name != "completed":
-                    out["errors"].append((data.get("error") or {}).get("message") or name)
-                break
-    writer.close()
+    terminal, output = "", None
+    async for event_id, name, raw, now in open_events(host, port, key, execution_id):
+        ids.append(event_id)
+        data = json.loads(raw)
+        if name == "delta":
+            seq, _, sent = data["text"].strip().partition("@")
+            seqs.append(int(seq))
+            lags.append((now - float(sent)) * 1000)
+            texts.append(data["text"])
+            first_recv = first_recv or now
+        elif name in TERMINAL:
+            terminal, output = name, data.get("output")
+            if name != "completed":
+                out["errors"].append((data.get("error") or {}).get("message") or name)
     out["executions"].append({
         "id": execution_id, "terminal": terminal, "deltas": len(seqs), "ended_at": time.time(),
         "in_order": ids == list(range(1, len(ids) + 1)) and seqs == list(range(len(seqs))),
@@ -124,10 +107,11 @@ async def _follow(host: str, port: int, key: str, execution_id: str, posted_at: 
 
 
 async def _clients(host: str, port: int, tenants: list[tuple[str, str]], count: int) -> dict[str, Any]:
-    out: dict[str, Any] = {"executions": [], "lags": [], "errors": []}
+    out: dict[str, Any] = {"executions": [], "lags": [], "errors": [], "unavailable": 0}
     followers: list[asyncio.Task[None]] = []
     next_index = iter(range(count))
-    body_of = {i: json.dumps({"message": f"inflight {i}"}).encode() for i in range(count)}
+    # timeout_s above the default 120 s: with --hold the first calls wait while the rest are submitted.
+    body_of = {i: json.dumps({"message": f"inflight {i}", "timeout_s": 900}).encode() for i in range(count)}
 
     async def submit() -> None:
         reader, writer = await asyncio.open_connection(host, port)
@@ -137,7 +121,10 @@ async def _clients(host: str, port: int, tenants: list[tuple[str, str]], count: 
             head = (f"POST /agents/{agent_id}/execute HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
                     f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
             posted_at = time.time()
-            answer = json.loads(await _request(reader, writer, head, body))
+            while not (payload := await _request(reader, writer, head, body)):
+                out["unavailable"] += 1
+                await asyncio.sleep(0.5)
+            answer = json.loads(payload)
             followers.append(asyncio.create_task(_follow(host, port, key, answer["execution_id"], posted_at, out)))
         writer.close()
 
@@ -212,7 +199,7 @@ class Sampler:
                 self.idle_in_transaction[name] = max(self.idle_in_transaction.get(name, 0), int(idle_tx))
 
 
-def new_agent(base: str, app: Any, name: str, llm_base_url: str) -> tuple[str, str]:
+def new_agent(base: str, app: Any, name: str, llm_base_url: str, model: str = "bench") -> tuple[str, str]:
     """A workspace key and an AUTONOMOUS agent using provider openai against the bench's server."""
     with app.app_context():
         _row, key = auth.create_key(name)
@@ -221,7 +208,7 @@ def new_agent(base: str, app: Any, name: str, llm_base_url: str) -> tuple[str, s
                             json={"provider": "openai", "api_key": "sk-bench", "base_url": llm_base_url})
     agent = httpx.post(f"{base}/agents", headers=headers, json={
         "name": name, "maturity_level": "AUTONOMOUS",
-        "llm": {"provider": "openai", "model": "bench", "credential_id": credential.raise_for_status().json()["id"]}})
+        "llm": {"provider": "openai", "model": model, "credential_id": credential.raise_for_status().json()["id"]}})
     return key, str(agent.raise_for_status().json()["id"])
 
 
@@ -231,9 +218,10 @@ def llm_stats(llm_base: str) -> dict[str, int]:
 
 
 def one_size(app: Any, web_port: int, llm_base: str, roles: dict[str, int], database_url: str, size: int,
-             chunks: int, seconds: float, workspaces: int) -> dict[str, Any]:
+             chunks: int, seconds: float, workspaces: int, hold: bool = False) -> dict[str, Any]:
+    model = f"hold-{size}" if hold else "bench"
     tenants = [new_agent(f"http://127.0.0.1:{web_port}", app, f"inflight-{size}-{index}-{time.time_ns()}",
-                         f"{llm_base}/v1") for index in range(workspaces)]
+                         f"{llm_base}/v1", model) for index in range(workspaces)]
     database = database_url.rsplit("/", 1)[1]
     before_stats = llm_stats(llm_base)
     load_before = os.getloadavg()[0]
@@ -268,8 +256,10 @@ def one_size(app: Any, web_port: int, llm_base: str, roles: dict[str, int], data
     post_first = [item["post_to_first_ms"] for item in executions if item["post_to_first_ms"] is not None]
     return {
         "executions": size,
+        "mode": "hold" if hold else "paced",
         "completed": sum(item["terminal"] == "completed" for item in executions),
         "stuck": result["stuck"],
+        "post_503": result["unavailable"],
         "not_completed": dict(Counter(f"{item['terminal']}" for item in executions if item["terminal"] != "completed")),
         "errors": dict(Counter(result["errors"])),
         "in_order": sum(item["in_order"] and item["deltas"] == chunks and item["output_matches"]
@@ -299,7 +289,7 @@ def one_size(app: Any, web_port: int, llm_base: str, roles: dict[str, int], data
 def process_env(role: str, database_url: str) -> dict[str, str]:
     """What the Procfile sets per process (pool sizes; keep in step with it), and a DATABASE_URL naming the role
     in pg_stat_activity."""
-    pools = {"web": {"DATABASE_POOL_SIZE": "4", "DATABASE_MAX_OVERFLOW": "4"},
+    pools = {"web": {"DATABASE_POOL_SIZE": "5", "DATABASE_MAX_OVERFLOW": "5"},
              "worker": {"DATABASE_POOL_SIZE": "1", "DATABASE_MAX_OVERFLOW": "1"},
              "worker-llm": {"DATABASE_POOL_SIZE": "8", "DATABASE_MAX_OVERFLOW": "4"}}.get(role, {})
     if database_url.startswith("sqlite"):
@@ -319,7 +309,7 @@ def database(sqlite: bool, token: str) -> Iterator[str]:
 
 
 def run(sizes: list[int], chunks: int, seconds: float, llm_concurrency: int, stop_poll_s: float | None,
-        profile_dir: Path | None, sqlite: bool = False, workspaces: int = 10) -> dict[str, Any]:
+        profile_dir: Path | None, sqlite: bool = False, workspaces: int = 10, hold: bool = False) -> dict[str, Any]:
     raise_nofile()
     token = services.run_token()
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -329,16 +319,12 @@ def run(sizes: list[int], chunks: int, seconds: float, llm_concurrency: int, sto
         services.rabbitmq_vhost(f"bench_{token}") as broker_url,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        env = {"DATABASE_URL": database_url, "BROKER_URL": broker_url, "REDIS_URL": redis_url}
-        os.environ.update(env)
-        app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "BROKER_URL": broker_url, "REDIS_URL": redis_url})
-        with app.app_context():
-            upgrade(directory=str(ROOT / "migrations"))
+        env, app = migrated_app(database_url, broker_url, redis_url)
         llm_server = subprocess.Popen(
             [sys.executable, "-m", "bench.llm_server", "--chunks", str(chunks), "--seconds", str(seconds)],
-            cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+            cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
         assert llm_server.stdout is not None
-        llm_base = f"http://127.0.0.1:{llm_server.stdout.readline().split()[1]}"
+        llm_base = f"http://127.0.0.1:{llm_server.stdout.readline().split()[1].decode()}"
         worker = WorkerProcess(database_url=database_url, broker_url=broker_url, redis_url=redis_url,
                                log_path=Path(tmp) / "worker.log", concurrency=4, queues=GOVERNANCE_QUEUES,
                                extra_env={**process_env("worker", database_url),
@@ -360,16 +346,15 @@ def run(sizes: list[int], chunks: int, seconds: float, llm_concurrency: int, sto
             for size in sizes:
                 output = profile_dir / f"worker-llm-{size}.txt" if profile_dir else None
                 with recording(llm.process.pid, output, rate=20):
-                    row = one_size(app, port, llm_base, roles, database_url, size, chunks, seconds, workspaces)
+                    row = one_size(app, port, llm_base, roles, database_url, size, chunks, seconds, workspaces,
+                                   hold)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
         finally:
-            web.terminate()
-            web.wait(timeout=20)
+            stop_group(web, 20)  # SIGTERM, then SIGKILL: open SSE streams can outlast a graceful stop
             llm.stop()
             worker.stop()
-            llm_server.terminate()
-            llm_server.wait(timeout=10)
+            stop_group(llm_server, 10)
     return {"rows": rows, "setup": {
         "llm_worker": f"threads -c {llm_concurrency}, LLM_STOP_POLL_S={stop_poll_s or 'worker default'}",
         "worker": "prefork -c 4 (governance, persist)", "web": "gunicorn gevent x2",
@@ -388,6 +373,9 @@ def main() -> None:
     parser.add_argument("--workspaces", type=int, default=10,
                         help="spread the executions over N workspaces, one agent each (a workspace's audit chain "
                              "serializes its writes: one workspace caps the rate at which calls can start)")
+    parser.add_argument("--hold", action="store_true",
+                        help="the server holds each call's first chunk until all N calls are open, then streams "
+                             "them all at once: the worker's capacity, whatever rate the API takes executions at")
     parser.add_argument("--sqlite", action="store_true", help="run on a SQLite file instead of PostgreSQL")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy record the LLM worker during each size into DIR")
@@ -402,8 +390,8 @@ def main() -> None:
         client_main(args.port, args.tenants, args.count, args.out)
         return
     result = run([int(size) for size in args.sizes.split(",")], args.chunks, args.seconds, args.llm_concurrency,
-                 args.stop_poll_s, args.profile, args.sqlite, args.workspaces)
-    print(table(result["rows"], ["executions", "completed", "in_order", "peak_in_flight", "wall_s", "ideal_s",
+                 args.stop_poll_s, args.profile, args.sqlite, args.workspaces, args.hold)
+    print(table(result["rows"], ["executions", "mode", "completed", "in_order", "peak_in_flight", "wall_s", "ideal_s",
                                  "first_delta_p50_ms", "first_delta_p99_ms", "post_to_first_delta_p99_ms",
                                  "pg_connections_peak", "load_before"]))
     for row in result["rows"]:

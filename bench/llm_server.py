@@ -7,6 +7,8 @@ POST /v1/chat/completions (any body with "stream": true) answers text/event-stre
 spread evenly over `--seconds` (the first at once), then a finish chunk with usage and `data: [DONE]`. Each chunk's
 text is "<seq>@<unix time it was written> ", so a follower of the execution's events checks the order and measures
 the lag of every delta from this server to itself. GET /stats answers {in_flight, peak, started, finished}.
+A request whose model is "hold-N" waits before its first chunk until N streams are open (bench/inflight.py
+--hold): then all of them stream at once, whatever rate the API took them at.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import random
 import time
 from typing import Any
+
+HOLD_MAX_S = 300.0
 
 
 class Streams:
@@ -26,6 +31,7 @@ class Streams:
         self.peak = 0
         self.started = 0
         self.finished = 0
+        self.holding: dict[int, int] = {}  # hold-N streams opened so far, by N
 
     def begin(self) -> None:
         self.started += 1
@@ -67,10 +73,37 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[str, str, bytes]:
     return method, path, body
 
 
+async def released(writer: asyncio.StreamWriter, streams: Streams, hold_until: int, hold_max_s: float) -> float:
+    """With model "hold-N": wait until N such streams have opened (at most hold_max_s), so all stream at once,
+    writing an SSE comment every 5 s meanwhile (under the client's read timeout). Returns a random offset within
+    one chunk interval for this stream's schedule, so the chunks of all streams stay spread out."""
+    if hold_until <= 0:
+        return 0.0
+    streams.holding[hold_until] = streams.holding.get(hold_until, 0) + 1
+    deadline = time.monotonic() + hold_max_s
+    next_comment = time.monotonic() + 5.0
+    while streams.holding[hold_until] < hold_until and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        if time.monotonic() >= next_comment:
+            writer.write(b": holding\n\n")
+            await writer.drain()
+            next_comment += 5.0
+    return random.random()
+
+
+def hold_of(body: bytes) -> int:
+    """N of a request whose model is "hold-N", else 0."""
+    try:
+        model = str(json.loads(body).get("model") or "")
+    except ValueError:
+        return 0
+    return int(model.removeprefix("hold-")) if model.startswith("hold-") else 0
+
+
 async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, streams: Streams, chunks: int,
                  seconds: float) -> None:
     try:
-        method, path, _body = await read_request(reader)
+        method, path, body = await read_request(reader)
     except (asyncio.IncompleteReadError, ConnectionError, ValueError):
         writer.close()
         return
@@ -86,7 +119,8 @@ async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, str
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
                      b"Connection: close\r\n\r\n")
         interval = seconds / max(1, chunks - 1) if chunks > 1 else 0.0
-        started = time.monotonic()
+        offset = await released(writer, streams, hold_of(body), HOLD_MAX_S)
+        started = time.monotonic() + offset * interval
         for seq in range(chunks):
             await asyncio.sleep(max(0.0, started + seq * interval - time.monotonic()))
             writer.write(chunk(f"{seq}@{time.time():.6f} "))
