@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging bench-execute bench-sse bench-summary bench-fairness bench-tracing bench-agents
+.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging bench-execute bench-sse bench-summary bench-fairness bench-tracing bench-agents bench-inflight
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ services:  ## Check PostgreSQL, Redis, RabbitMQ (+ management); start what is do
 migrate: install  ## Bring the database schema up to date
 	$(VENV)/bin/flask db upgrade
 
-run: install services migrate  ## Install, migrate, and start web, worker, mailbox and flower (honcho)
+run: install services migrate  ## Install, migrate, and start web, worker, worker-llm, mailbox and flower (honcho)
 	@echo ""
 	@echo "  API         http://127.0.0.1:$(PORT)         (GET /healthz, /readyz, /openapi.json)"
 	@echo "  Status page http://127.0.0.1:$(PORT)/"
@@ -32,6 +32,7 @@ run: install services migrate  ## Install, migrate, and start web, worker, mailb
 	@echo "  API key:    $(VENV)/bin/flask --app wsgi keys create --workspace demo"
 	@echo ""
 	rm -rf instance/prometheus && mkdir -p instance/prometheus
+	ulimit -n $$(ulimit -Hn) 2>/dev/null; \
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/instance/prometheus \
 		$(VENV)/bin/honcho start -p $(PORT)
 
@@ -54,17 +55,21 @@ clean:  ## Remove the virtualenv and local SQLite data
 demo: install  ## Against the running stack (make run): stream an execution live, message, audit trail
 	$(PY) scripts/demo.py
 
-bench: install services  ## Every benchmark (execute, messaging, sse_streams, agents_scale, fairness), then one summary table
+bench: install services  ## Every benchmark (execute, messaging, sse_streams, agents_scale, fairness, inflight), then one summary table
 	$(PY) -m bench.execute
 	$(PY) -m bench.messaging
 	$(PY) -m bench.sse_streams
 	$(PY) -m bench.agents_scale --sizes 1000,10000
 	$(PY) -m bench.fairness
 	$(PY) -m bench.tracing
+	$(PY) -m bench.inflight --sizes 100,1000
 	$(PY) -m bench.summary
 
 bench-agents: install services  ## Mailbox and creation cost at 1,000 / 10,000 / 100,000 agents, notified vs polling (~30 min)
 	$(PY) -m bench.agents_scale --sizes 1000,10000,100000
+
+bench-inflight: install services  ## LLM streams in flight on one host: 100 and 1,000 executions streaming ~10 s over HTTP
+	$(PY) -m bench.inflight --sizes 100,1000
 
 bench-summary:  ## The summary table of the last results under bench/results/
 	$(PY) -m bench.summary

@@ -1,5 +1,7 @@
 """Celery settings: JSON only, late acks, one message at a time, confirmed publishes, events on for Flower."""
 
+import os
+
 # The broker URL is the Flask app's BROKER_URL (app/config.py), set by app/celery_app.py: one source of truth.
 broker_connection_retry_on_startup = True
 # py-amqp waits for the broker's confirm on every publish, so a returned apply_async means "on the broker".
@@ -28,3 +30,16 @@ task_send_sent_event = True
 # celery #9835: deduplicating successful tasks silently dropped later chain steps.
 worker_deduplicate_successful_tasks = False
 worker_hijack_root_logger = False
+
+# --- Issue 12: the LLM step on its own queue (docs/performance.md, "In flight") ----------------------------------
+# The LLM step waits on the network for seconds and needs almost no CPU, so it runs on `executions.llm`, consumed by
+# a threads-pool worker of about 1,000 (Procfile `worker-llm`); governance and persistence stay on `executions`
+# with the prefork worker, so they never queue behind slow provider calls. The chain builder is unchanged: Celery
+# routes each signature by task name when the previous step publishes it.
+task_routes = {"executions.llm": {"queue": "executions.llm"}}
+# With acks late, prefetch = concurrency x multiplier (1, above): a worker holds only what it runs, so no
+# delivery waits unacked behind a busy pool and counts against RabbitMQ's consumer_timeout (30 min, above
+# MAX_TIMEOUT_S = 25 min), and a killed worker strands no more than its own in-flight calls.
+# The AMQP heartbeat (Celery's default 120 s); 0 turns it off. A gevent worker stalls ~100 ms per delivery while it
+# is on (with task events): bench/pool_floor.py, docs/performance.md.
+broker_heartbeat = float(os.environ.get("BROKER_HEARTBEAT_S", "120"))

@@ -55,9 +55,15 @@ def register_metrics(app: Flask) -> None:
 def register_extensions(app: Flask) -> None:
     """Bind the database and migrations, and tune the engine for its dialect."""
     from app import models  # noqa: F401 - registers the tables before Alembic looks at them
-    from app.database import tune_engine
+    from app.database import pool_options, tune_engine
     from app.extensions import db, migrate
 
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        **pool_options(app.config["SQLALCHEMY_DATABASE_URI"], size=int(app.config["DATABASE_POOL_SIZE"]),
+                       max_overflow=int(app.config["DATABASE_MAX_OVERFLOW"]),
+                       timeout_s=float(app.config["DATABASE_POOL_TIMEOUT_S"])),
+        **app.config["SQLALCHEMY_ENGINE_OPTIONS"],  # what a caller set explicitly wins
+    }
     db.init_app(app)
     migrate.init_app(app, db, directory=str(INSTANCE_DIR.parent / "migrations"))
     with app.app_context():

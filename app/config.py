@@ -51,6 +51,12 @@ def from_environment() -> dict[str, Any]:
         "LLM_CONNECT_TIMEOUT_S": _float("LLM_CONNECT_TIMEOUT_S", 10.0),
         "LLM_READ_TIMEOUT_S": _float("LLM_READ_TIMEOUT_S", 60.0),
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # Connections per process (app/database.py): the LLM worker's 1,000 threads share these, because none of
+        # them holds a connection while it streams; PostgreSQL's max_connections (100 by default) caps the sum
+        # over every process (docs/performance.md, "Connections").
+        "DATABASE_POOL_SIZE": _int("DATABASE_POOL_SIZE", 5),
+        "DATABASE_MAX_OVERFLOW": _int("DATABASE_MAX_OVERFLOW", 10),
+        "DATABASE_POOL_TIMEOUT_S": _float("DATABASE_POOL_TIMEOUT_S", 30.0),
         "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S": _float("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT_S", 60.0),
         "EXECUTION_SWEEP_INTERVAL_S": _float("EXECUTION_SWEEP_INTERVAL_S", 30.0),
         "EXECUTION_REQUEUE_AFTER_S": _float("EXECUTION_REQUEUE_AFTER_S", 60.0),

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import Engine, event
+from sqlalchemy.engine import make_url
 
 
 def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -31,6 +32,18 @@ def _postgres_connect_args(idle_in_transaction_timeout_s: float) -> dict[str, An
     if idle_in_transaction_timeout_s > 0:
         args["options"] = f"-c idle_in_transaction_session_timeout={int(idle_in_transaction_timeout_s * 1000)}"
     return args
+
+
+def pool_options(database_uri: str, *, size: int, max_overflow: int, timeout_s: float) -> dict[str, Any]:
+    """QueuePool sizing per process from config; an in-memory SQLite database keeps its single shared connection.
+
+    A thread or greenlet that finds every connection busy waits up to timeout_s for one (then the step retries),
+    instead of opening more than size + max_overflow connections to the server.
+    """
+    url = make_url(database_uri)
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return {}
+    return {"pool_size": size, "max_overflow": max_overflow, "pool_timeout": timeout_s}
 
 
 def tune_engine(engine: Engine, *, idle_in_transaction_timeout_s: float = 60.0) -> None:

@@ -203,6 +203,16 @@ def make_tenant(base: str, app: Any, name: str) -> tuple[str, str]:
     return key, str(agent.raise_for_status().json()["id"])
 
 
+def migrated_app(database_url: str, broker_url: str, redis_url: str) -> tuple[dict[str, str], Any]:
+    """The app on a bench's fresh services, schema migrated; its URLs also exported for the processes it starts."""
+    env = {"DATABASE_URL": database_url, "BROKER_URL": broker_url, "REDIS_URL": redis_url}
+    os.environ.update(env)
+    app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "BROKER_URL": broker_url, "REDIS_URL": redis_url})
+    with app.app_context():
+        upgrade(directory=str(ROOT / "migrations"))
+    return env, app
+
+
 def run(executions: int, clients: int, latency_runs: int, worker_concurrency: int, rounds: int,
         workspaces: int, profile_dir: Path | None = None, gil: bool = False) -> dict[str, Any]:
     token = services.run_token()
@@ -213,11 +223,7 @@ def run(executions: int, clients: int, latency_runs: int, worker_concurrency: in
         services.rabbitmq_vhost(f"bench_{token}") as broker_url,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        env = {"DATABASE_URL": database_url, "BROKER_URL": broker_url, "REDIS_URL": redis_url}
-        os.environ.update(env)
-        app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "BROKER_URL": broker_url, "REDIS_URL": redis_url})
-        with app.app_context():
-            upgrade(directory=str(ROOT / "migrations"))
+        env, app = migrated_app(database_url, broker_url, redis_url)
         worker = WorkerProcess(database_url=database_url, broker_url=broker_url, redis_url=redis_url,
                                log_path=Path(tmp) / "worker.log", concurrency=worker_concurrency,
                                include=["bench.bare_chain_tasks"]).start()

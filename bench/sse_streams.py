@@ -22,6 +22,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -40,44 +41,52 @@ def raise_nofile() -> int:
 # --- client process ----------------------------------------------------------------------------------------
 
 
+TERMINAL = ("completed", "failed", "cancelled", "timed_out", "denied")
+
+
+async def open_events(host: str, port: int, key: str,
+                      execution_id: str) -> AsyncIterator[tuple[int, str, bytes, float]]:
+    """GET /executions/{id}/events over raw HTTP/1.0: (id, event, data, time read) per event, to the terminal one."""
+    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    try:
+        writer.write((f"GET /executions/{execution_id}/events HTTP/1.0\r\nHost: {host}\r\n"
+                      f"Authorization: Bearer {key}\r\nAccept: text/event-stream\r\n\r\n").encode())
+        await writer.drain()
+        status_line = await reader.readline()
+        if b" 200 " not in status_line:
+            rest = await reader.read(2000)
+            raise RuntimeError(f"{execution_id}: {status_line!r} {rest[-400:]!r}")
+        while (await reader.readline()) not in (b"\r\n", b"\n", b""):
+            pass  # headers
+        event_id, name = 0, ""
+        while line := await reader.readline():
+            if line.startswith(b"id: "):
+                event_id = int(line[4:])
+            elif line.startswith(b"event: "):
+                name = line[7:].strip().decode()
+            elif line.startswith(b"data: "):
+                yield event_id, name, line[6:], time.time()
+                if name in TERMINAL:
+                    return
+    finally:
+        writer.close()
+
+
 async def _follow(host: str, port: int, key: str, execution_id: str, ready: asyncio.Event,
                   connected: list[int], total: int, out: dict[str, Any]) -> None:
-    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
-    writer.write((f"GET /executions/{execution_id}/events HTTP/1.0\r\nHost: {host}\r\n"
-                  f"Authorization: Bearer {key}\r\nAccept: text/event-stream\r\n\r\n").encode())
-    await writer.drain()
-    status_line = await reader.readline()
-    if b" 200 " not in status_line:
-        rest = await reader.read(2000)
-        raise RuntimeError(f"{execution_id}: {status_line!r} {rest[-400:]!r}")
-    while (await reader.readline()) not in (b"\r\n", b"\n", b""):
-        pass  # headers
     ids: list[int] = []
     seqs: list[int] = []
     lags: list[float] = []
-    event_id, name = 0, ""
-    while True:
-        line = await reader.readline()
-        if not line:
-            break
-        if line.startswith(b"id: "):
-            event_id = int(line[4:])
-        elif line.startswith(b"event: "):
-            name = line[7:].strip().decode()
-        elif line.startswith(b"data: "):
-            now = time.time()
-            ids.append(event_id)
-            if name == "status":
-                connected[0] += 1
-                if connected[0] == total:
-                    ready.set()
-            elif name == "delta":
-                data = json.loads(line[6:])
-                seqs.append(int(data["seq"]))
-                lags.append((now - float(data["t"])) * 1000)
-            elif name in ("completed", "failed", "cancelled", "timed_out", "denied"):
-                break
-    writer.close()
+    async for event_id, name, data, now in open_events(host, port, key, execution_id):
+        ids.append(event_id)
+        if name == "status":
+            connected[0] += 1
+            if connected[0] == total:
+                ready.set()
+        elif name == "delta":
+            delta = json.loads(data)
+            seqs.append(int(delta["seq"]))
+            lags.append((now - float(delta["t"])) * 1000)
     out[execution_id] = {"ids": ids, "seqs": seqs, "lags": lags}
 
 

@@ -82,6 +82,20 @@ def rows() -> list[dict[str, Any]]:
                     "detail": f"side by side; with psycopg+redis {pairs['app_cpu_overhead']['on+db+redis']:+.1%}; "
                               f"{traced['modes']['on']['spans_each']:.0f} spans each, "
                               f"{traced['span_cost_us']:.0f} us/span; off paths {traced['off_path_us_each']:.0f} us"})
+    inflight = _load("inflight")
+    if inflight:
+        for row in inflight["rows"]:
+            n = row["executions"]
+            ok = row["completed"] == n and row["in_order"] == n
+            rss = max(row["peak_rss_mb"].get(role, 0.0) for role in ("worker-llm (threads)", "worker (prefork)"))
+            out.append({"benchmark": f"7 inflight: {n} LLM streams, peak in flight", "figure": row["peak_in_flight"],
+                        "target": ">= 900 (1000)", "met": ok and (n < 1000 or row["peak_in_flight"] >= 900),
+                        "detail": f"completed {row['completed']}, in order {row['in_order']}, "
+                                  f"wall {row['wall_s']:.1f} s vs ideal {row['ideal_s']:.1f} s, rss {rss:.0f} MB"})
+            out.append({"benchmark": f"7 inflight: {n} first delta p99 (ms)", "figure": row["first_delta_p99_ms"],
+                        "target": "< 250 (1000)", "met": n < 1000 or row["first_delta_p99_ms"] < 250,
+                        "detail": f"p50 {row['first_delta_p50_ms']:.0f} ms; pg connections peak "
+                                  f"{row['pg_connections_peak']}; load {row['load_before']}"})
     return out
 
 

@@ -54,11 +54,25 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARG
 return 0
 """
 
+# Takes back a lease that lapsed while its run stalled (queued for a database connection or the audit lock, a
+# starved thread: 1,000 LLM runs per process make that likely), but only if no run holds it now and no event was
+# appended since this run's last one, so a run that another run replaced never resumes (issue 12).
+# KEYS: the lease, seq counter, terminal marker. ARGV: run, lease_ms, the seq this run last saw.
+_RECLAIM_LUA = """
+local holder = redis.call('GET', KEYS[1])
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+if holder or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
 MAX_BLOCK_MS = 30_000
 # redis-py 8 caps a pool at 100 connections, which turned the 101st SSE stream into a 503 when each follower
 # held one in XREAD BLOCK; followers now share one reader (stream_fanout.py), but a burst of requests still
 # checks out one connection per greenlet.
 MAX_CONNECTIONS = int(os.environ.get("REDIS_MAX_CONNECTIONS", "5000"))
+POOL_TIMEOUT_S = float(os.environ.get("REDIS_POOL_TIMEOUT_S", "10"))
 RECONNECT_TRIES = 8  # 0.05, 0.1, 0.2, 0.4, then 0.5 s: about 2.75 s of retrying before an error surfaces
 REFUSED_TERMINAL = -1
 REFUSED_FENCED = -2
@@ -98,8 +112,11 @@ def queued_key(execution_id: str) -> str:
 
 def client(url: str) -> redis.Redis:
     """One client (and connection pool) per process and URL; redis-py pools are greenlet and fork aware."""
-    return per_process("redis", (url,), lambda: redis.Redis.from_url(
+    # Blocking: at the cap a thread or greenlet waits up to REDIS_POOL_TIMEOUT_S for a free connection (the LLM
+    # worker's 1,000 threads hold one only per command), then fails like an outage would.
+    return per_process("redis", (url,), lambda: redis.Redis(connection_pool=redis.BlockingConnectionPool.from_url(
         url,
+        timeout=POOL_TIMEOUT_S,
         socket_connect_timeout=2.0,
         socket_timeout=MAX_BLOCK_MS / 1000 + 30,  # above any XREAD BLOCK (redis-py's default is 5 s)
         socket_keepalive=True,
@@ -108,7 +125,7 @@ def client(url: str) -> redis.Redis:
         # Ride out a Redis restart (~1 s) instead of failing in-flight executions: redis-py's default
         # (10 tries, jittered backoff from 10 ms) gave up after ~0.4 s (tests/chaos/test_redis_restart.py).
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), RECONNECT_TRIES),
-    ))
+    )))
 
 
 def parse_stream_id(raw: bytes | str) -> int:
@@ -131,6 +148,7 @@ class EventLog:
         self.retention_s = retention_s
         self._emit = redis_client.register_script(_EMIT_LUA)
         self._refresh = redis_client.register_script(_REFRESH_LUA)
+        self._reclaim = redis_client.register_script(_RECLAIM_LUA)
 
     def emit(self, execution_id: str, event: str, data: dict[str, Any], *, run: str = "") -> int:
         """Append one event; returns its id, or a negative REFUSED_* code (already ended, or a stale run)."""
@@ -161,6 +179,16 @@ class EventLog:
     def refresh_run(self, execution_id: str, run: str, lease_ms: int) -> bool:
         """Keep the lease while streaming; False means another run took over (we were presumed dead)."""
         return bool(self._refresh(keys=[_keys(execution_id)[3]], args=[run, lease_ms]))
+
+    def reclaim_run(self, execution_id: str, run: str, lease_ms: int, last_seen_seq: int) -> bool:
+        """Keep or take back the lease if it lapsed with nobody else on it and nothing emitted since last_seen_seq."""
+        keys = _keys(execution_id)
+        return bool(self._reclaim(keys=[keys[3], keys[1], keys[2]], args=[run, lease_ms, last_seen_seq]))
+
+    def last_event_id(self, execution_id: str) -> int:
+        """The id of the newest event appended (0 when none)."""
+        value = self.redis.get(_keys(execution_id)[1])
+        return int(value) if value is not None else 0
 
     def current_run(self, execution_id: str) -> str | None:
         value = self.redis.get(_keys(execution_id)[3])

@@ -1,4 +1,9 @@
-"""A real Celery worker (prefork) as a subprocess of the test session, on the run's RabbitMQ, Redis and PostgreSQL."""
+"""A real Celery worker as a subprocess of the test session, on the run's RabbitMQ, Redis and PostgreSQL.
+
+By default one prefork worker consumes both queues (`executions` and the LLM step's `executions.llm`); the
+Procfile's split (prefork for governance and persistence, a threads pool for the LLM step) is
+`WorkerProcess(queues=GOVERNANCE_QUEUES)` plus `llm_worker(...)`.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).with_name("celery"))
 
 # Fast retries so the transient-failure tests take milliseconds, not seconds.
+ALL_QUEUES = "executions,executions.llm"
+GOVERNANCE_QUEUES = "executions"
+LLM_QUEUES = "executions.llm"
+# What the Procfile sets for `worker-llm` (see there): polls sized for 1,000 threads, a bounded DB pool.
+LLM_WORKER_ENV = {"LLM_STOP_POLL_S": "0.25", "DATABASE_POOL_SIZE": "10", "DATABASE_MAX_OVERFLOW": "10"}
 TEST_ENV = {"LLM_RETRY_BASE_S": "0.05", "LLM_RETRY_CAP_S": "0.2", "PYTHONUNBUFFERED": "1"}
 
 
@@ -27,11 +37,11 @@ def _die_with_parent() -> None:
 
 
 class WorkerProcess:
-    """`celery -A wsgi:celery_app worker --pool prefork` in its own process group, logging to a file."""
+    """`celery -A wsgi:celery_app worker --pool POOL -Q QUEUES` in its own process group, logging to a file."""
 
     def __init__(self, *, database_url: str, broker_url: str, redis_url: str, log_path: Path,
                  concurrency: int = 2, extra_env: dict[str, str] | None = None,
-                 include: list[str] | None = None, pool: str = "prefork") -> None:
+                 include: list[str] | None = None, pool: str = "prefork", queues: str = ALL_QUEUES) -> None:
         self.log_path = log_path
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         self.env = {
@@ -45,6 +55,7 @@ class WorkerProcess:
         self.concurrency = concurrency
         self.pool = pool
         self.include = include or []
+        self.queues = queues
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
@@ -53,7 +64,7 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [CELERY, "-A", "wsgi:celery_app", "worker", "--pool", self.pool, "-c", str(self.concurrency),
-             "--loglevel", "INFO", "-n", self.name, "--without-gossip", "--without-mingle", "-Q", "executions",
+             "--loglevel", "INFO", "-n", self.name, "--without-gossip", "--without-mingle", "-Q", self.queues,
              *(["--include", ",".join(self.include)] if self.include else [])],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, safe before exec
@@ -81,3 +92,11 @@ class WorkerProcess:
     def stop(self, timeout: float = 20.0) -> None:
         """Warm shutdown (SIGTERM), then SIGKILL if it does not exit in time."""
         stop_group(self.process, timeout)
+
+
+def llm_worker(*, database_url: str, broker_url: str, redis_url: str, log_path: Path, concurrency: int = 1000,
+               extra_env: dict[str, str] | None = None) -> WorkerProcess:
+    """The Procfile's `worker-llm`: a threads pool on the LLM step's queue only, with its pool-aware settings."""
+    return WorkerProcess(database_url=database_url, broker_url=broker_url, redis_url=redis_url, log_path=log_path,
+                         concurrency=concurrency, pool="threads", queues=LLM_QUEUES,
+                         extra_env={**LLM_WORKER_ENV, **(extra_env or {})})

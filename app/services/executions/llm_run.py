@@ -15,13 +15,16 @@ from sqlalchemy import select
 
 from app.extensions import db
 from app.llm import Timeouts
+from app.llm.stopping import POLL_INTERVAL_S
 from app.models import Execution, ExecutionStatus
-from app.services.streams import EventLog
+from app.services.streams import REFUSED_FENCED, EventLog
 
 LEASE_MS = 5000
 REFRESH_EVERY_S = 1.0
 CLAIM_POLL_S = 0.1
-CANCEL_POLL_S = 0.01  # between emits (waits, hangs); every emit reports the flag anyway
+# Between emits (waits, hangs); every emit reports the flag anyway. Tied to the stop poll (LLM_STOP_POLL_S), so the
+# 1,000-thread LLM worker does not ask Redis for the flag 50 times a second per stream.
+CANCEL_POLL_S = max(0.01, POLL_INTERVAL_S)
 
 
 class Lost(Exception):  # noqa: N818 - control flow
@@ -61,6 +64,7 @@ class Run:
     last_refresh: float = 0.0
     last_cancel_check: float = 0.0
     cancel_seen: bool = False
+    last_seq: int = 0  # the newest event id this run wrote or saw at its claim (for taking a lapsed lease back)
 
     def should_stop(self) -> bool:
         """Polled between chunks and while waiting: timeout, lost lease, or the cancel flag."""
@@ -70,7 +74,7 @@ class Run:
             return True
         if now - self.last_refresh >= REFRESH_EVERY_S:
             self.last_refresh = now
-            if not self.events.refresh_run(self.execution_id, self.token, LEASE_MS):
+            if not self.events.reclaim_run(self.execution_id, self.token, LEASE_MS, self.last_seq):
                 self.stop_reason = "lost"
                 return True
         if self.cancel_seen or (
@@ -88,8 +92,13 @@ class Run:
     def emit(self, event: str, data: dict[str, Any]) -> int:
         """Append an event; the same round trip reports the cancel flag, so every chunk checks it for free."""
         event_id, cancelled = self.events.emit_checking_cancel(self.execution_id, event, data, run=self.token)
+        if event_id == REFUSED_FENCED and self.events.reclaim_run(self.execution_id, self.token, LEASE_MS,
+                                                                 self.last_seq):
+            # The lease lapsed while this run waited (a full pool, a starved thread), and nobody took over.
+            event_id, cancelled = self.events.emit_checking_cancel(self.execution_id, event, data, run=self.token)
         if event_id < 0:
             raise Lost()
+        self.last_seq = event_id
         self.last_cancel_check = time.monotonic()
         self.cancel_seen = self.cancel_seen or cancelled
         return event_id

@@ -94,6 +94,7 @@ def run(previous: dict[str, Any]) -> dict[str, Any]:
     token = uuid.uuid4().hex
     if not claim(events, execution_id, token):
         return skipped(execution_id, "another run owns it or it ended")
+    seen = events.last_event_id(execution_id)  # what a lapsed lease may be taken back against (llm_run.Run)
     steps = list(previous.get("steps") or [])
     execution = _mark_running(execution_id, steps)
     if execution is None:
@@ -101,7 +102,8 @@ def run(previous: dict[str, Any]) -> dict[str, Any]:
         return skipped(execution_id, "ended")
     started_at = as_utc(execution.started_at)
     remaining = (started_at + timedelta(seconds=execution.timeout_s) - utcnow()).total_seconds()
-    llm_run = Run(execution_id, token, events, deadline=time.monotonic() + remaining, last_refresh=time.monotonic())
+    llm_run = Run(execution_id, token, events, deadline=time.monotonic() + remaining, last_refresh=time.monotonic(),
+                  last_seq=seen)
     step_started = iso(utcnow())
     try:
         if execution.attempts == 1:

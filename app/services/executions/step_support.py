@@ -11,8 +11,9 @@ from app.timeutil import iso, utcnow
 
 ACTOR = "worker"
 # The database or Redis unreachable (or a deadlock): the step did not happen, and running it again is safe.
+# sa_exc.TimeoutError: no pooled connection freed within DATABASE_POOL_TIMEOUT_S (1,000 LLM runs share a few).
 INFRASTRUCTURE_ERRORS: tuple[type[Exception], ...] = (
-    sa_exc.OperationalError, sa_exc.InterfaceError, redis.ConnectionError, redis.TimeoutError,
+    sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError, redis.ConnectionError, redis.TimeoutError,
 )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from app.services.executions.step_support import is_infrastructure_error
 
@@ -19,6 +20,7 @@ def _dbapi(kind: type[DBAPIError], *, invalidated: bool = False) -> DBAPIError:
     (_dbapi(DBAPIError, invalidated=True), True),  # the server ended the session (idle-in-transaction limit)
     (redis.ConnectionError("refused"), True),
     (redis.TimeoutError("timed out"), True),
+    (PoolTimeout("QueuePool limit reached"), True),  # every pooled connection busy (1,000 LLM runs share a few)
     (_dbapi(IntegrityError), False),  # a real answer from the database: retrying changes nothing
     (_dbapi(DBAPIError), False),
     (KeyError("outcome"), False),  # a bug
