@@ -42,7 +42,7 @@ browser:  ## Install Debian's chromium for the status-page test, if missing
 test: install services browser  ## Unit, integration (real PostgreSQL, RabbitMQ, Redis, SQLite) and property tests
 	$(VENV)/bin/pytest -m "not slow"
 
-chaos: install services  ## Fault injection, quick and long runs (worker/mailbox kills, broker/Redis restarts, DB cut, poison)
+chaos: install services  ## Fault injection, quick and long runs (worker/mailbox kills, broker/Redis restarts, DB cut, poison, broker alarms, 3-node cluster node loss, a worker host cut off)
 	$(VENV)/bin/pytest tests/chaos -s -m "slow or not slow"
 
 lint: install  ## ruff and mypy

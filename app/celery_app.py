@@ -6,10 +6,27 @@ from typing import Any
 
 from celery import Celery, Task
 from celery.signals import task_postrun, worker_process_init
+from celery.worker.consumer import Consumer
 from flask import Flask
 
 from app.extensions import db
 from app.logs import log_context
+from app.services import chain_publish
+from coordination import topology
+
+
+class QuorumReadyConsumer(Consumer):  # type: ignore[misc]
+    """Celery's consumer without native delayed delivery, which Celery turns on whenever it sees a quorum queue.
+
+    That step cannot serve the executions queue (a direct exchange: Celery warns that it does not support
+    them), and on every reconnect it retries each node of a multi-node BROKER_URL, sleeping 1 + 3 + 5 s per
+    dead node before the worker consumes again; measured here, those stalls outlasted the AMQP heartbeat, so
+    the new connection was dropped and the worker did not consume until the dead node came back (137 s).
+    Countdown retries stay what they are with classic queues: held by the worker until due.
+    """
+
+    class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
+        default_steps = [step for step in Consumer.Blueprint.default_steps if not step.endswith(":DelayedDelivery")]
 
 
 def celery_init_app(app: Flask) -> Celery:
@@ -23,6 +40,16 @@ def celery_init_app(app: Flask) -> Celery:
     celery_app = Celery(app.name, task_cls=FlaskTask)
     celery_app.config_from_object("celeryconfig")
     celery_app.conf.broker_url = app.config["BROKER_URL"]
+    celery_app.conf.broker_heartbeat = app.config["BROKER_HEARTBEAT_S"]
+    # Every Celery connection reports connection.blocked, so enqueues fail fast during a broker alarm.
+    celery_app.conf.broker_transport_options = {
+        **celery_app.conf.broker_transport_options,
+        **chain_publish.transport_callbacks(app.config["BROKER_URL"]),
+    }
+    # The executions queue comes from the one topology module: quorum with QUEUE_TYPE=quorum (Celery then turns
+    # global QoS off by itself, worker_detect_quorum_queues), classic and argument-free otherwise.
+    celery_app.conf.task_queues = topology.executions_queues(app.config["QUEUE_TYPE"])
+    celery_app.conf.worker_consumer = f"{__name__}:QuorumReadyConsumer"
     celery_app.conf.update(app.config.get("CELERY", {}))
     if not app.config["CELERY_TASK_EVENTS"]:
         celery_app.conf.update(worker_send_task_events=False, task_send_sent_event=False)

@@ -37,6 +37,8 @@ def from_environment() -> dict[str, Any]:
         "MAILBOX_SWEEP_INTERVAL_S": _float("MAILBOX_SWEEP_INTERVAL", 60.0),
         "MAILBOX_SWEEP_RATE": _float("MAILBOX_SWEEP_RATE", 100.0),
         "CONFIRM_TIMEOUT_S": _float("CONFIRM_TIMEOUT_S", 5.0),
+        # The worker's AMQP heartbeat: how soon it notices a frozen broker node and fails over (Celery's default).
+        "BROKER_HEARTBEAT_S": _float("BROKER_HEARTBEAT_S", 120.0),
         "MESSAGE_STREAM_POLL_S": _float("MESSAGE_STREAM_POLL_S", 0.5),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 1024 * 1024),
         "RATE_LIMIT_PER_MINUTE": _int("RATE_LIMIT_PER_MINUTE", 0),

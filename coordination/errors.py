@@ -29,6 +29,10 @@ class Nacked(NotConfirmed):
     """The broker answered basic.nack: it could not take responsibility for the message."""
 
 
+class BrokerBlocked(NotConfirmed):
+    """RabbitMQ blocks publishers (memory or disk alarm, connection.blocked): retry once the alarm clears."""
+
+
 class BrokerUnavailable(DeliveryError):
     """The broker could not be reached or the connection died (after one reconnect)."""
 

@@ -23,7 +23,7 @@ from typing import Any
 from coordination import broker
 from coordination.broker import Outgoing, SessionPool, connect, raw_connection
 from coordination.envelope import dumps, iso, new_id, utcnow
-from coordination.errors import BrokerUnavailable, Nacked, NotConfirmed
+from coordination.errors import BrokerBlocked, BrokerUnavailable, Nacked, NotConfirmed
 from coordination.topology import EVENTS_EXCHANGE, declare_topology_on
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class _Consumer:
         self.raw = raw_connection(self.connection)
         try:
             self.channel = self.raw.channel()
-            declare_topology_on(self.channel)
+            declare_topology_on(self.channel, None)  # the event bus never touches agents.dead
             if name is None:
                 declared = self.channel.queue_declare(queue="", exclusive=True, auto_delete=True)
             else:
@@ -233,7 +233,8 @@ class EventBus:
     def __init__(self, broker_url: str, *, confirm_timeout_s: float = 5.0, pool: SessionPool | None = None) -> None:
         self.broker_url = broker_url
         self.confirm_timeout_s = confirm_timeout_s
-        self.pool = pool or SessionPool(broker_url, timeout_s=confirm_timeout_s)
+        # No agents.dead declaration: the bus does not know QUEUE_TYPE, and a wrong type would be refused.
+        self.pool = pool or SessionPool(broker_url, timeout_s=confirm_timeout_s, queue_type=None)
 
     def publish(self, *, event_type: str, data: Mapping[str, Any] | Any, event_id: str | None = None) -> str:
         """Publish one event (persistent, confirmed) and return its event_id; DeliveryError if unconfirmed."""
@@ -266,6 +267,9 @@ class EventBus:
             return event_id
         if outcome == broker.NACKED:
             raise Nacked(f"broker nacked event {event_id}", message_id=event_id)
+        if outcome == broker.BLOCKED_OUTCOME:
+            raise BrokerBlocked(f"the broker blocks publishers (alarm): event {event_id} not confirmed",
+                                message_id=event_id)
         if outcome == broker.TIMEOUT:
             raise NotConfirmed(f"no publisher confirm for event {event_id} in time", message_id=event_id)
         raise BrokerUnavailable(f"broker unavailable publishing event {event_id}", message_id=event_id)

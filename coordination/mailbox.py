@@ -152,7 +152,7 @@ class Mailbox:
         """Connect, bind mailbox.pending to agents.notify and consume it; a new session starts a fast sweep."""
         if self._session is None or self._session.broken:
             self._close_session()
-            session = BrokerSession(self.broker_url, timeout_s=self.timeout_s)
+            session = BrokerSession(self.broker_url, timeout_s=self.timeout_s, queue_type=self.queue_type)
             try:
                 channel = session.connection.channel()  # not the drains' channel: delivery tags and acks differ
                 channel.queue_declare(

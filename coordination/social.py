@@ -13,6 +13,7 @@ from coordination.broker import BrokerSession, Outgoing, SessionPool
 from coordination.envelope import encode_message, new_id, utcnow
 from coordination.errors import (
     BatchDeliveryError,
+    BrokerBlocked,
     BrokerUnavailable,
     DeliveryError,
     HopLimitExceeded,
@@ -39,6 +40,8 @@ def _error_for(outcome: str, message_id: str) -> DeliveryError:
         return Unroutable(f"message {message_id} is unroutable: the receiver has no inbox", message_id=message_id)
     if outcome == broker.NACKED:
         return Nacked(f"broker nacked message {message_id}", message_id=message_id)
+    if outcome == broker.BLOCKED_OUTCOME:
+        return BrokerBlocked(f"the broker blocks publishers (alarm): {message_id} not confirmed", message_id=message_id)
     if outcome == broker.TIMEOUT:
         return NotConfirmed(f"no publisher confirm for message {message_id} in time", message_id=message_id)
     return BrokerUnavailable(f"broker connection failed sending {message_id} ({outcome})", message_id=message_id)
@@ -68,7 +71,7 @@ class SocialLayer:
         self.max_attempts = max_attempts
         self.lock = lock or lock_for(engine)
         self.on_stored = on_stored
-        self.pool = pool or SessionPool(broker_url, timeout_s=confirm_timeout_s)
+        self.pool = pool or SessionPool(broker_url, timeout_s=confirm_timeout_s, queue_type=self.queue_type)
         self._attempts = AttemptTracker()
 
     # -- sending ---------------------------------------------------------------------------------------

@@ -5,12 +5,23 @@ Exchanges and queues:
 - ``agents.direct`` (direct, durable): routing key = receiver agent id.
 - ``agent.<agent_id>.inbox`` (durable, one per agent, declared when the agent is created and deleted with
   it): bound to ``agents.direct`` with routing key ``<agent_id>``, dead-letters to ``agents.dlx``.
-- ``agents.dlx`` (fanout, durable) -> ``agents.dead`` (durable classic queue): poison messages. Fanout, so a
-  dead letter keeps its original routing key (the receiver) and still reaches ``agents.dead``.
+- ``agents.dlx`` (fanout, durable) -> ``agents.dead`` (durable, of QUEUE_TYPE): poison messages. Fanout, so
+  a dead letter keeps its original routing key (the receiver) and still reaches ``agents.dead``.
 - ``events`` (topic, durable): the event bus.
 - ``agents.notify`` (fanout, durable): after a send is confirmed, the sender publishes the receiver's id here
   (coordination.notify). ``mailbox.pending`` (durable, declared by the mailbox) and each web process's
   inbox-stream watcher queue are bound to it, so the mailbox drains only inboxes that have work.
+- ``executions`` and ``executions.llm`` (direct exchanges and durable queues of QUEUE_TYPE): Celery's task
+  queues (the LLM step has its own, celeryconfig task_routes; celery_app.py takes them from here).
+
+QUEUE_TYPE=quorum makes the inboxes, ``agents.dead`` and ``executions`` quorum queues (replicated over a
+cluster's nodes: losing one node of three loses no confirmed message). Quorum queues refuse exclusive
+queues, priorities and global QoS: the event bus's anonymous queues stay classic (exclusive, they die with
+their connection anyway), nothing here uses priorities, and Celery turns off global QoS when it sees a
+quorum queue (worker_detect_quorum_queues). A queue's type is fixed when it is declared: switching
+QUEUE_TYPE needs a new vhost (or the queues deleted while empty); RabbitMQ answers PRECONDITION_FAILED for
+the inboxes and ``executions``. ``agents.dead`` keeps the type it was created with (it is shared by inboxes
+of any type).
 
 Poison messages (a delivery whose store keeps failing):
 
@@ -32,6 +43,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import amqp
 from kombu import Connection, Exchange, Queue
 
 AGENTS_EXCHANGE = "agents.direct"
@@ -48,9 +60,10 @@ _WHITESPACE = re.compile(r"\s")
 
 agents_exchange = Exchange(AGENTS_EXCHANGE, type="direct", durable=True)
 dlx_exchange = Exchange(DLX_EXCHANGE, type="fanout", durable=True)
-dead_queue = Queue(DEAD_QUEUE, exchange=dlx_exchange, routing_key="", durable=True, auto_delete=False)
 events_exchange = Exchange(EVENTS_EXCHANGE, type="topic", durable=True)
 notify_exchange = Exchange(NOTIFY_EXCHANGE, type="fanout", durable=True)
+EXECUTIONS_QUEUE = "executions"
+LLM_QUEUE = "executions.llm"
 
 
 def validate_agent_id(agent_id: str) -> str:
@@ -87,6 +100,29 @@ def inbox_arguments(queue_type: str = "classic", max_attempts: int = DEFAULT_MAX
     return args
 
 
+def typed_arguments(queue_type: str) -> dict[str, Any]:
+    """x-queue-type for quorum; a classic queue keeps no argument, as it was always declared (no redeclare error)."""
+    return {"x-queue-type": "quorum"} if validate_queue_type(queue_type) == "quorum" else {}
+
+
+def dead_queue(queue_type: str = "classic") -> Queue:
+    """agents.dead, bound to agents.dlx; quorum with QUEUE_TYPE=quorum so a dead letter survives a node loss."""
+    return Queue(DEAD_QUEUE, exchange=dlx_exchange, routing_key="", durable=True, auto_delete=False,
+                 queue_arguments=typed_arguments(queue_type) or None)
+
+
+def executions_queue(queue_type: str = "classic", name: str = EXECUTIONS_QUEUE) -> Queue:
+    """One of Celery's queues of the execution chain (as Celery would create it); quorum with QUEUE_TYPE=quorum."""
+    exchange = Exchange(name, type="direct", durable=True)
+    return Queue(name, exchange=exchange, routing_key=name, durable=True,
+                 auto_delete=False, queue_arguments=typed_arguments(queue_type) or None)
+
+
+def executions_queues(queue_type: str = "classic") -> list[Queue]:
+    """Celery's task_queues: the chain's queue and the LLM step's (celeryconfig task_routes)."""
+    return [executions_queue(queue_type, name) for name in (EXECUTIONS_QUEUE, LLM_QUEUE)]
+
+
 def inbox_queue(agent_id: str, queue_type: str = "classic", max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> Queue:
     """The kombu Queue of one agent's inbox (durable, bound by agent id, dead-lettering to agents.dlx)."""
     return Queue(
@@ -113,19 +149,41 @@ def _connected(conn_or_url: Connection | str) -> Iterator[Connection]:
         conn.release()
 
 
-def declare_topology_on(channel: Any) -> None:
-    """Declare the shared exchanges and the dead-letter queue on an open channel (idempotent)."""
+def declare_topology_on(channel: Any, queue_type: str | None = "classic") -> None:
+    """Declare the shared exchanges, and agents.dead of queue_type unless None (idempotent).
+
+    Publishers that never touch agents.dead (the event bus) pass None: declaring it with the wrong type
+    would be refused (PRECONDITION_FAILED) and close the channel.
+    """
     for exchange in (agents_exchange, dlx_exchange, events_exchange, notify_exchange):
         exchange(channel).declare()
-    dead_queue(channel).declare()
+    if queue_type is not None and not _exists(channel, DEAD_QUEUE):
+        dead_queue(queue_type)(channel).declare()
 
 
-def declare_topology(conn_or_url: Connection | str) -> None:
+def _exists(channel: Any, queue: str) -> bool:
+    """Passive declare on a throwaway channel (a missing queue closes the channel it was asked on).
+
+    agents.dead takes QUEUE_TYPE when it is created and keeps its type after: a vhost that ran classic, or
+    inboxes of both types (tests), would otherwise get PRECONDITION_FAILED on every declaration.
+    """
+    probe = channel.connection.channel()
+    try:
+        probe.queue_declare(queue=queue, passive=True)
+        return True
+    except amqp.exceptions.NotFound:
+        return False
+    finally:
+        if probe.is_open:
+            probe.close()
+
+
+def declare_topology(conn_or_url: Connection | str, queue_type: str = "classic") -> None:
     """Declare agents.direct, agents.dlx -> agents.dead and events; safe to call any number of times."""
     with _connected(conn_or_url) as conn:
         channel = conn.channel()
         try:
-            declare_topology_on(channel)
+            declare_topology_on(channel, queue_type)
         finally:
             channel.close()
 
@@ -142,7 +200,7 @@ def declare_agent_inbox(
     with _connected(conn_or_url) as conn:
         channel = conn.channel()
         try:
-            declare_topology_on(channel)
+            declare_topology_on(channel, queue_type)
             queue(channel).declare()
         finally:
             channel.close()

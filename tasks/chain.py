@@ -7,6 +7,7 @@ from collections.abc import Callable
 from celery import Celery, chain
 from celery.canvas import Signature
 
+from app.services import chain_publish
 from app.tracing import execution_trace
 
 GOVERNANCE = "executions.governance"
@@ -29,8 +30,9 @@ def enqueuer(celery_app: Celery) -> Callable[[str, list[str]], None]:
     """An Enqueue callable bound to one Celery app (tests run several apps on different vhosts)."""
 
     def enqueue(execution_id: str, task_ids: list[str]) -> None:
-        # confirm_publish: when apply_async returns, the broker has the message.
+        # confirm_publish: when this returns, the broker has the message; no confirm in time raises.
         with execution_trace(execution_id):  # a chain sent later (sweep, approval) joins the execution's trace
-            build(celery_app, execution_id, task_ids).apply_async()
+            chain_publish.send(celery_app, build(celery_app, execution_id, task_ids),
+                               timeout_s=float(celery_app.flask_app.config["CONFIRM_TIMEOUT_S"]))
 
     return enqueue

@@ -104,6 +104,8 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, dict[str, Any]]
+    blocked: list[str] | None = Field(default=None, description="dependencies refusing work: the broker during "
+                                                                "a memory or disk alarm (connection.blocked)")
 
 
 class MessageSend(Strict):

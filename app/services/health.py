@@ -7,10 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from kombu import Connection
 from sqlalchemy import text
 
 from app.extensions import db
+from coordination import broker
+from coordination.errors import BrokerBlocked, NotConfirmed
 
 
 def _check_database() -> None:
@@ -19,8 +20,13 @@ def _check_database() -> None:
 
 
 def _check_broker(url: str, timeout_s: float) -> None:
-    with Connection(url, connect_timeout=timeout_s, transport_options={"max_retries": 0}) as conn:
-        conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout_s)
+    """Reachable is not enough: during a memory or disk alarm RabbitMQ accepts connections but blocks
+    publishers, so the check publishes a probe and needs its confirm (any listed node will do)."""
+    outcome = broker.probe(url, timeout_s=timeout_s)
+    if outcome == broker.BLOCKED_OUTCOME:
+        raise BrokerBlocked("the broker blocks publishers (memory or disk alarm)")
+    if outcome != broker.CONFIRMED:
+        raise NotConfirmed(f"the broker did not confirm a probe publish within {timeout_s}s")
 
 
 def _check_redis(url: str, timeout_s: float) -> None:
@@ -36,15 +42,23 @@ def _timed(check: Callable[[], None]) -> dict[str, Any]:
     try:
         check()
     except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; the type is reported
-        return {"ok": False, "error": type(exc).__name__, "ms": round((time.perf_counter() - started) * 1000, 1)}
+        failed: dict[str, Any] = {"ok": False, "error": type(exc).__name__,
+                                  "ms": round((time.perf_counter() - started) * 1000, 1)}
+        if isinstance(exc, BrokerBlocked):
+            failed["blocked"] = True
+        return failed
     return {"ok": True, "ms": round((time.perf_counter() - started) * 1000, 1)}
 
 
 def readiness(*, broker_url: str, redis_url: str, timeout_s: float) -> dict[str, Any]:
+    """Each dependency's check with its time; `blocked` names the broker while it blocks publishers."""
     checks = {
         "database": _timed(_check_database),
         "broker": _timed(lambda: _check_broker(broker_url, timeout_s)),
         "redis": _timed(lambda: _check_redis(redis_url, timeout_s)),
     }
     status = "ok" if all(check["ok"] for check in checks.values()) else "unavailable"
-    return {"status": status, "checks": checks}
+    report: dict[str, Any] = {"status": status, "checks": checks}
+    if checks["broker"].get("blocked"):
+        report["blocked"] = ["broker"]
+    return report

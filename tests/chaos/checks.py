@@ -42,3 +42,14 @@ def order_violations(expected: list[str], stored: list[str]) -> int:
     position = {message_id: index for index, message_id in enumerate(stored)}
     present = [position[message_id] for message_id in expected if message_id in position]
     return sum(1 for earlier, later in zip(present, present[1:], strict=False) if later < earlier)
+
+
+def message_counts(confirmed: list[str], stored: list[str]) -> dict[str, int]:
+    """Total-queue-checker counts of one receiver: what was confirmed against what its inbox holds, in order."""
+    return {
+        "confirmed": len(confirmed),
+        "lost": len(set(confirmed) - set(stored)),
+        "duplicated": len(stored) - len(set(stored)),
+        "out_of_order": order_violations(confirmed, stored),
+        "unexpected": len(set(stored) - set(confirmed)),
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import amqp
@@ -9,6 +10,7 @@ from sqlalchemy import Engine, select
 
 from coordination import schema
 from coordination.topology import AGENTS_EXCHANGE, inbox_queue_name
+from tests.support.api import ApiClient
 
 
 def _connection(broker_url: str) -> amqp.Connection:
@@ -45,3 +47,21 @@ def stored_ids(engine: Engine, agent_id: str) -> list[str]:
     with engine.connect() as db:
         query = select(table.c.message_id).where(table.c.to_agent_id == agent_id).order_by(table.c.seq)
         return [row.message_id for row in db.execute(query)]
+
+
+def inbox_of(api: ApiClient, agent_id: str) -> list[dict[str, Any]]:
+    """The whole inbox through the API (which drains the queue first), page by page."""
+    rows: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = api.get(f"/agents/{agent_id}/messages", query_string={"after": after, "limit": 500}).get_json()
+        rows += page["messages"]
+        if not page["messages"]:
+            return rows
+        after = page["next_after"]
+
+
+def inbox_holding(api: ApiClient, agent_id: str, at_least: int) -> list[dict[str, Any]] | None:
+    """The whole inbox once it holds at least `at_least` rows (for wait_for), else None."""
+    rows = inbox_of(api, agent_id)
+    return rows if len(rows) >= at_least else None

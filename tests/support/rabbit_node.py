@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
+        return sock.connect_ex((host, port)) == 0
 
 
 def _wait(predicate: object, timeout_s: float, what: str) -> None:
@@ -56,6 +56,21 @@ class RabbitNode:
         self.stop_app()
         self.start_app()
 
+    def set_alarm(self, kind: str) -> None:
+        """Raise a memory or disk alarm: RabbitMQ then blocks every publishing connection (connection.blocked)."""
+        self._ctl(*ALARMS[kind][0])
+
+    def clear_alarm(self, kind: str) -> None:
+        """Back to the defaults (memory watermark 0.4, disk limit 50MB): blocked connections are unblocked."""
+        self._ctl(*ALARMS[kind][1])
+
+
+# kind -> (rabbitmqctl arguments that raise the alarm, arguments that clear it)
+ALARMS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "memory": (("set_vm_memory_high_watermark", "absolute", "1MB"), ("set_vm_memory_high_watermark", "0.4")),
+    "disk": (("set_disk_free_limit", "1000000GB"), ("set_disk_free_limit", "50MB")),
+}
+
 
 def _free_port(start: int) -> int:
     for port in range(start, start + 200):
@@ -65,13 +80,17 @@ def _free_port(start: int) -> int:
 
 
 @contextmanager
-def private_rabbitmq(base_port: int = 5680) -> Iterator[RabbitNode]:
-    """Start a throwaway node (own data dir, no plugins), yield it, and stop it and remove its files."""
+def private_rabbitmq(base_port: int = 5680, also_on: tuple[str, ...] = ()) -> Iterator[RabbitNode]:
+    """Start a throwaway node (own data dir, no plugins), yield it, and stop it and remove its files.
+
+    It listens on 127.0.0.1 and on each address of `also_on` (host ends of a test's veth pairs), same port.
+    """
     port = _free_port(base_port)
     name = f"chaos{port}@localhost"
     home = Path(tempfile.mkdtemp(prefix="rabbit-chaos-"))
     (home / "enabled_plugins").write_text("[].\n")
-    (home / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{port}\nloopback_users = none\n")
+    extra = "".join(f"listeners.tcp.extra{i} = {address}:{port}\n" for i, address in enumerate(also_on))
+    (home / "rabbitmq.conf").write_text(f"listeners.tcp.local = 127.0.0.1:{port}\n{extra}loopback_users = none\n")
     if os.geteuid() == 0:  # rabbitmq-server drops to the rabbitmq user, which must own its files
         for path in (home, *home.iterdir()):
             shutil.chown(path, "rabbitmq", "rabbitmq")

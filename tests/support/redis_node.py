@@ -18,8 +18,9 @@ from tests.support.web import free_port
 class RedisNode:
     """One redis-server subprocess; `persistent` keeps data across restarts (AOF, fsync always), like production."""
 
-    def __init__(self, *, persistent: bool = True) -> None:
+    def __init__(self, *, persistent: bool = True, also_on: tuple[str, ...] = ()) -> None:
         self.port = free_port()
+        self.also_on = also_on  # extra listen addresses (host ends of a test's veth pairs)
         self.dir = Path(tempfile.mkdtemp(prefix="redis-chaos-"))
         self.persistent = persistent
         self.process: subprocess.Popen[bytes] | None = None
@@ -38,10 +39,13 @@ class RedisNode:
     def start(self, timeout_s: float = 15.0) -> RedisNode:
         """Start on the same port and directory as before and wait until it answers PING."""
         persistence = ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        # Protected mode refuses non-loopback clients; the extra addresses are only reachable from the test's
+        # own namespaces.
+        reachable = ["--protected-mode", "no"] if self.also_on else []
         with (self.dir / "redis.log").open("ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--dir",
-                 str(self.dir), *persistence],
+                ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *self.also_on, "--save", "",
+                 "--dir", str(self.dir), *persistence, *reachable],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
@@ -69,9 +73,9 @@ class RedisNode:
 
 
 @contextmanager
-def private_redis(*, persistent: bool = True) -> Iterator[RedisNode]:
+def private_redis(*, persistent: bool = True, also_on: tuple[str, ...] = ()) -> Iterator[RedisNode]:
     """A started RedisNode, killed and removed afterwards."""
-    node = RedisNode(persistent=persistent).start()
+    node = RedisNode(persistent=persistent, also_on=also_on).start()
     try:
         yield node
     finally:

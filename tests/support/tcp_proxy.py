@@ -7,19 +7,19 @@ import threading
 from urllib.parse import urlsplit, urlunsplit
 
 
-def through(url: str, port: int) -> str:
-    """The same database or broker URL, pointed at a proxy on 127.0.0.1:port."""
+def through(url: str, port: int, host: str = "127.0.0.1") -> str:
+    """The same database or broker URL, pointed at a proxy on host:port."""
     parts = urlsplit(url)
     auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{port}"))
+    return urlunsplit(parts._replace(netloc=f"{auth}{host}:{port}"))
 
 
 class CuttableProxy:
     """Forwards 127.0.0.1:port to a target; cut() simulates the server vanishing, restore() brings it back."""
 
-    def __init__(self, target: tuple[str, int]) -> None:
+    def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
         self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener = socket.create_server((host, 0))
         self.port: int = self.listener.getsockname()[1]
         self._cut = threading.Event()
         self._closing = threading.Event()

@@ -41,7 +41,8 @@ class WorkerProcess:
 
     def __init__(self, *, database_url: str, broker_url: str, redis_url: str, log_path: Path,
                  concurrency: int = 2, extra_env: dict[str, str] | None = None,
-                 include: list[str] | None = None, pool: str = "prefork", queues: str = ALL_QUEUES) -> None:
+                 include: list[str] | None = None, pool: str = "prefork", queues: str = ALL_QUEUES,
+                 netns: str | None = None) -> None:
         self.log_path = log_path
         self.name = f"test-{uuid.uuid4().hex[:8]}@%h"
         self.env = {
@@ -56,6 +57,7 @@ class WorkerProcess:
         self.pool = pool
         self.include = include or []
         self.queues = queues
+        self.netns = netns  # run inside this network namespace (a second "host", tests/support/netns.py)
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> WorkerProcess:
@@ -63,7 +65,8 @@ class WorkerProcess:
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [CELERY, "-A", "wsgi:celery_app", "worker", "--pool", self.pool, "-c", str(self.concurrency),
+            [*(["ip", "netns", "exec", self.netns] if self.netns else []),
+             CELERY, "-A", "wsgi:celery_app", "worker", "--pool", self.pool, "-c", str(self.concurrency),
              "--loglevel", "INFO", "-n", self.name, "--without-gossip", "--without-mingle", "-Q", self.queues,
              *(["--include", ",".join(self.include)] if self.include else [])],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
