@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,6 +27,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.llm import traced
+from coordination.forksafe import ForkSafeLock
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ DEFAULT_INSTRUMENTATIONS = "flask,celery,httpx"
 
 _tracer = trace.get_tracer("app.tracing")
 _propagator = TraceContextTextMapPropagator()
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 class _Fanout(SpanProcessor):

@@ -18,7 +18,6 @@ Failover: BROKER_URL may list several nodes separated by ';' (kombu alternates);
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ import kombu.exceptions
 from kombu import Connection
 
 from coordination.flow import FLOW
+from coordination.forksafe import ForkSafeLock
 from coordination.topology import declare_topology_on
 
 log = logging.getLogger(__name__)
@@ -332,7 +332,7 @@ class SessionPool:
         self.max_idle = max_idle
         self._factory = factory or (lambda: BrokerSession(broker_url, timeout_s=timeout_s, queue_type=queue_type))
         self._idle: list[BrokerSession] = []
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
 
     def new_session(self) -> BrokerSession:
         """Open a fresh session (raises the connection error if the broker is unreachable)."""

@@ -15,12 +15,13 @@ An idle connection is never told: RabbitMQ blocks a connection when it first pub
 
 from __future__ import annotations
 
-import threading
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from coordination.forksafe import ForkSafeLock
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class FlowControl:
     """The blocked state of this process's watched connections and of each broker they belong to."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = ForkSafeLock()
         self._connections: weakref.WeakKeyDictionary[Any, Blocked] = weakref.WeakKeyDictionary()
         self._brokers: dict[str, Blocked] = {}
 

@@ -23,6 +23,9 @@ class PeriodicStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     interval_setting = ""
     thread_name = ""
+    # After the pool: prefork children are forked before this thread exists, so none inherits a lock it holds
+    # (a child forked mid-pass deadlocked on its first task).
+    requires = ("celery.worker.components:Pool",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import ApiKey, Workspace
 from app.services import audit
+from coordination.forksafe import ForkSafeLock
 
 KEY_PREFIX = "ar_"
 
@@ -61,7 +61,7 @@ def create_key(workspace_name: str, actor: str = "cli") -> tuple[ApiKey, str]:
 # Keys cannot be revoked through the API today; should revoked_at be set by hand, a process keeps accepting
 # the key for at most AUTH_CACHE_TTL_S (0 disables the cache). Unknown keys are never cached.
 _cache: dict[tuple[str, str], tuple[Principal, float]] = {}
-_cache_lock = threading.Lock()
+_cache_lock = ForkSafeLock()
 _CACHE_MAX = 10_000
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ from app.metrics import INBOX_LAG, MESSAGES
 from app.models import Agent
 from app.services import audit
 from coordination.events import EventBus
+from coordination.forksafe import ForkSafeLock
 from coordination.notify import InboxWatcher
 from coordination.social import SocialLayer
 
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 EXTENSION = "coordination_clients"
 STORE_ACTOR = "inbox"
-_build_lock = threading.Lock()
+_build_lock = ForkSafeLock()
 
 
 @dataclass

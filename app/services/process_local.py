@@ -6,14 +6,16 @@ Keys include the pid, so a forked child (gunicorn, prefork Celery) builds its ow
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar, cast
+
+from coordination.forksafe import ForkSafeLock
 
 T = TypeVar("T")
 
 _built: dict[tuple[Hashable, ...], Any] = {}
-_lock = threading.RLock()  # a build may ask for another object (an event log builds its Redis client)
+# Re-entrant: a build may ask for another object (an event log builds its Redis client).
+_lock = ForkSafeLock(reentrant=True)
 
 
 def per_process(kind: str, key: tuple[Hashable, ...], build: Callable[[], T]) -> T:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ from sqlalchemy import select
 from app.extensions import db
 from app.models import Credential, Workspace
 from app.services.errors import NotFound
+from coordination.forksafe import ForkSafeLock
 
 CREDENTIAL_LIMIT_NAMES = ("max_concurrency", "requests_per_minute", "tokens_per_minute")
 CACHE_TTL_S = 5.0  # a changed limit applies to new executions within this long, without a query per execute
@@ -35,7 +35,7 @@ def credential_limits(raw: dict[str, Any] | None) -> dict[str, int]:
 
 
 _cache: dict[tuple[str, str], tuple[float, Limits]] = {}
-_lock = threading.Lock()
+_lock = ForkSafeLock()
 
 
 def for_execution(workspace_id: str, credential_id: str | None) -> Limits:
