@@ -1,4 +1,4 @@
-"""Tool declarations on POST/PATCH /agents: stored as declared when valid, 422 with details and nothing stored when not."""
+"""Tool declarations on POST/PATCH /agents: stored when valid; 422 with details and nothing stored when not."""
 
 from __future__ import annotations
 
