@@ -133,13 +133,13 @@ class _Server(ThreadingHTTPServer):
 class WebhookReceiver:
     """start(), point a webhook tool at url, inspect received / per_key / effects, stop()."""
 
-    def __init__(self, host: str = "127.0.0.1", *, signing_key: str = SIGNING_KEY) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, signing_key: str = SIGNING_KEY) -> None:
         self.signing_key = signing_key
         self.stopping = threading.Event()
         self.bytes_sent = 0
         self._state = _State()
         self._lock = threading.Lock()
-        self._httpd = _Server((host, 0), self)
+        self._httpd = _Server((host, port), self)
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
                                         name="webhook-receiver", daemon=True)
 
@@ -220,3 +220,29 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
     """A fresh receiver per test."""
     with WebhookReceiver() as receiver:
         yield receiver
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a receiver by hand (README's worked example): prints each call and answers {"ok": true, ...}."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--port", type=int, default=8099)
+    parser.add_argument("--signing-key", default=SIGNING_KEY, help="the worker's WEBHOOK_SIGNING_KEY")
+    args = parser.parse_args(argv)
+    receiver = WebhookReceiver(port=args.port, signing_key=args.signing_key).start()
+    print(f"webhook receiver on {receiver.url}", flush=True)
+    seen = 0
+    try:
+        while True:
+            for request in receiver.received[seen:]:
+                print(f"{request.headers.get('idempotency-key')} signature_ok={request.signature_ok} "
+                      f"{request.body.get('name')} {json.dumps(request.body.get('arguments'))}", flush=True)
+            seen = len(receiver.received)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        receiver.stop()
+
+
+if __name__ == "__main__":
+    main()
