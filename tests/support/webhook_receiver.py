@@ -46,6 +46,7 @@ class Received:
     body: dict[str, Any]
     raw: bytes
     signature_ok: bool
+    at: float = field(default_factory=time.time)  # arrival, wall clock (compared with ledger timestamps)
 
 
 @dataclass
