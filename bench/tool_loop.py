@@ -38,7 +38,8 @@ COMPLETED = "SELECT count(*) FROM executions WHERE agent_id = :agent AND status 
 def make_agent(base: str, key: str, receiver: WebhookReceiver, turns: int) -> str:
     """An AUTONOMOUS scripted agent whose first turns-1 turns each call the webhook tool once."""
     tool = {"name": "lookup", "action": "read", "kind": "webhook", "url": receiver.url, "timeout_s": 10}
-    script = [{"tool_calls": [{"name": "lookup", "arguments": {"turn": index}}]} for index in range(turns - 1)]
+    script: list[dict[str, Any]] = [{"tool_calls": [{"name": "lookup", "arguments": {"turn": index}}]}
+                                    for index in range(turns - 1)]
     script.append({"text": "one two three four"})
     body = {"name": f"bench-{turns}", "maturity_level": "AUTONOMOUS", "tools": [tool] if turns > 1 else [],
             "llm": {"provider": "scripted", "options": {"turns": script}}}

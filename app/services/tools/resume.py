@@ -56,7 +56,8 @@ def decide_approval(principal: Principal, execution: Execution, *, approve: bool
 
     turn = _current_turn(execution)
     rows = [row for row in ledger.rows_of(execution.id, turn) if row.status == T.AWAITING_APPROVAL.value]
-    details = {"tool_call_ids": [row.tool_call_id for row in rows], "turn": turn}
+    decided = [row.tool_call_id for row in rows]
+    details: dict[str, Any] = {"tool_call_ids": decided, "turn": turn}
     audits: list[Any] = []
     for row in rows:
         base = {"tool_call_id": row.tool_call_id, "name": row.name, "turn": turn}
@@ -78,7 +79,7 @@ def decide_approval(principal: Principal, execution: Execution, *, approve: bool
         raise _conflict(execution, "awaiting_approval")
     if not approve:
         for row in ledger.rows_of(execution.id, turn):
-            if row.tool_call_id in details["tool_call_ids"]:
+            if row.tool_call_id in decided:
                 emit(execution.id, "tool_result", result_event(row))
     send_tools(execution.id, turn)
     return execution

@@ -51,14 +51,16 @@ def _run(execution_id: str, turn: int) -> dict[str, Any]:
         status = execution.status if execution else "missing"
         db.session.rollback()
         return {"execution_id": execution_id, "skip": f"status {status}"}
-    started = iso(utcnow())
+    started = str(iso(utcnow()))
     agent = db.session.get(Agent, execution.agent_id)
     tools = {str(tool["name"]): tool for tool in ((agent.tools if agent else None) or [])}
     caller = Caller(execution_id, execution.workspace_id, execution.agent_id, ACTOR)
     deadline = as_utc(execution.started_at or execution.created_at) + timedelta(seconds=int(execution.timeout_s))
 
+    loaded = execution
+
     def should_stop() -> bool:
-        return utcnow() >= deadline or cancel_seen(execution)
+        return utcnow() >= deadline or cancel_seen(loaded)
 
     rows = ledger.rows_of(execution_id, turn)
     db.session.commit()
