@@ -22,6 +22,9 @@ from tests.support.redis_node import private_redis
 from tests.support.webhook_receiver import Reply, WebhookReceiver
 from tests.support.worker import WorkerProcess
 
+# The workers' sweeps run every second, so a turn whose chain a kill stranded is re-sent within seconds.
+SWEEP_OFTEN = {"EXECUTION_SWEEP_INTERVAL_S": "1", "EXECUTION_REQUEUE_AFTER_S": "3"}
+
 NEW_PER_ROUND = 3
 
 
@@ -61,7 +64,7 @@ def test_worker_sigkill_during_webhooks_and_approvals(kills: int, pg_url: str, t
 
         def new_worker() -> WorkerProcess:
             return WorkerProcess(database_url=pg_url, broker_url=vhost_url, redis_url=redis_url,
-                                 log_path=tmp_path / "worker.log", concurrency=4).start()
+                                 log_path=tmp_path / "worker.log", concurrency=4, extra_env=SWEEP_OFTEN).start()
 
         ids: list[str] = []
         approvals = killed_in_call = 0

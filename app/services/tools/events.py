@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,8 +18,10 @@ from app.services.tools.runner import result_event
 log = logging.getLogger(__name__)
 
 TOOLS_TASK = "executions.tools"  # tasks/chain.py names the same task
-LEASE_MS = 180_000  # longer than a turn's webhook tries at the default timeout_s (4 x 30 s plus backoff)
+LEASE_MS = 10_000  # kept alive by a heartbeat while the run lives; a killed run's lease frees within this
+HEARTBEAT_S = 2.0
 CLAIM_POLL_S = 0.2
+_REFRESH_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 
 
 def event_log() -> Any:
@@ -54,7 +57,7 @@ def _lease_key(execution_id: str) -> str:
 
 @contextmanager
 def tools_lease(execution_id: str, status_of: Any) -> Iterator[bool]:
-    """One tools run per execution at a time; a duplicate waits for the holder (or its lease to expire)."""
+    """One tools run per execution at a time; a duplicate waits for the holder (or, if it died, its lease)."""
     redis = event_log().redis
     token = uuid.uuid4().hex
     key = _lease_key(execution_id)
@@ -65,9 +68,22 @@ def tools_lease(execution_id: str, status_of: Any) -> Iterator[bool]:
             yield False
             return
         time.sleep(CLAIM_POLL_S)
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                redis.eval(_REFRESH_LUA, 1, key, token, LEASE_MS)
+            except Exception:  # noqa: BLE001 - Redis away for a moment: the next beat tries again
+                log.warning("could not refresh the tools lease of %s", execution_id)
+
+    beating = threading.Thread(target=heartbeat, name="tools-lease", daemon=True)
+    beating.start()
     try:
         yield True
     finally:
+        stop.set()
+        beating.join(timeout=1)
         if redis.get(key) in (token, token.encode()):
             redis.delete(key)
 

@@ -18,7 +18,7 @@ from app.extensions import db
 from app.llm.conversation import dump
 from app.models import Agent, Execution, ExecutionStatus, ToolCall, ToolCallStatus
 from app.services.tools import asks, ledger
-from app.services.tools.events import cancel_seen, emit, tools_lease
+from app.services.tools.events import cancel_seen, emit, event_log, tools_lease
 from app.services.tools.runner import Caller, run_webhooks
 from app.timeutil import as_utc, iso, utcnow
 
@@ -47,6 +47,8 @@ def run(execution_id: str, turn: int) -> dict[str, Any]:
 
 def _run(execution_id: str, turn: int) -> dict[str, Any]:
     execution = db.session.get(Execution, execution_id)
+    if execution is not None and execution.status == S.PENDING.value and int(execution.turns) == turn + 1:
+        return _requeue_next_turn(execution)
     if execution is None or execution.status != S.RUNNING.value or int(execution.turns) != turn + 1:
         status = execution.status if execution else "missing"
         db.session.rollback()
@@ -108,6 +110,8 @@ def _next_turn(execution: Execution, rows: list[ToolCall], turn: int, started: s
 
     conversation = [*(execution.conversation or []), *dump(ledger.result_messages(rows))]
     steps = [*(execution.steps or []), step_record("tools", "completed", started)]
+    # Before the commit: a pending turn without the queued mark is one the sweep (and a redelivery) sends again.
+    event_log().unmark_queued(execution.id)
     moved = state.move(execution.id, S.PENDING, actor=ACTOR, from_statuses=[S.RUNNING], announce=False,
                        values={"conversation": conversation, "steps": steps, "attempts": 0,
                                "task_ids": requests.new_task_ids()})
@@ -116,6 +120,25 @@ def _next_turn(execution: Execution, rows: list[ToolCall], turn: int, started: s
     db.session.refresh(execution)
     requests.start(execution, requests.bound_enqueue())
     return {"execution_id": execution.id, "status": S.PENDING.value, "turn": turn + 1}
+
+
+def _requeue_next_turn(execution: Execution) -> dict[str, Any]:
+    """A redelivery after this step queued the next turn, or died between that commit and the send: send the
+    chain again unless it is marked queued (a second chain is tolerated: the LLM run's lease lets one through)."""
+    from app.services.executions import requests
+
+    if event_log_queued(execution.id):
+        db.session.rollback()
+        return {"execution_id": execution.id, "skip": "next turn already queued"}
+    requests.start(execution, requests.bound_enqueue())
+    return {"execution_id": execution.id, "status": S.PENDING.value, "requeued": True}
+
+
+def event_log_queued(execution_id: str) -> bool:
+    """Whether the broker confirmed the chain of the execution's pending turn (the mark requests.start sets)."""
+    from app.services.streams import queued_key
+
+    return bool(event_log().redis.exists(queued_key(execution_id)))
 
 
 def _end(execution: Execution, target: ExecutionStatus, code: str, message: str, action: str,

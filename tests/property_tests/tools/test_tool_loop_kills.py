@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.chaos.checks import wait_for
@@ -22,6 +22,9 @@ from tests.support.api import ApiClient, new_workspace_client
 from tests.support.redis_node import RedisNode, private_redis
 from tests.support.webhook_receiver import Reply, WebhookReceiver
 from tests.support.worker import WorkerProcess
+
+# The workers' sweeps run every second, so a turn whose chain a kill stranded is re-sent within seconds.
+SWEEP_OFTEN = {"EXECUTION_SWEEP_INTERVAL_S": "1", "EXECUTION_REQUEUE_AFTER_S": "3"}
 
 TOOLS = ("lookup", "confirm")
 CALL = st.sampled_from(TOOLS)
@@ -55,8 +58,9 @@ def answer_clients(api: ApiClient, ids: list[str]) -> None:
             api.post(f"/executions/{execution_id}/tool_outputs", json={"tool_outputs": outputs})
 
 
-@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                 HealthCheck.too_slow])
+# Each example starts real workers and kills them: a few examples, no shrinking (a failure prints its example).
+@settings(max_examples=3, deadline=None, phases=[Phase.explicit, Phase.generate],
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(scripts=st.lists(SCRIPT, min_size=1, max_size=3), kill_after_s=st.lists(st.floats(0.2, 1.5), max_size=2))
 def test_random_scripts_and_kills(stack: tuple[ApiClient, str, str, RedisNode, WebhookReceiver], tmp_path_factory:
                                   pytest.TempPathFactory, scripts: list[list[list[str]]],
@@ -67,7 +71,7 @@ def test_random_scripts_and_kills(stack: tuple[ApiClient, str, str, RedisNode, W
 
     def new_worker() -> WorkerProcess:
         return WorkerProcess(database_url=pg_url, broker_url=vhost_url, redis_url=redis_node.url,
-                             log_path=log_path, concurrency=3).start()
+                             log_path=log_path, concurrency=3, extra_env=SWEEP_OFTEN).start()
 
     worker = new_worker()
     ids = [api.post(f"/agents/{agent_for(api, receiver, script)}/execute",
@@ -87,7 +91,9 @@ def test_random_scripts_and_kills(stack: tuple[ApiClient, str, str, RedisNode, W
     finally:
         worker.stop()
     views = {e: api.get(f"/executions/{e}").get_json() for e in ids}
-    assert {view["status"] for view in views.values()} == {"completed"}, views
+    assert {view["status"] for view in views.values()} == {"completed"}, {
+        e: (view["status"], view["error"], [(row["status"], row["error"]) for row in view["tool_calls"]])
+        for e, view in views.items()}
     for execution_id in ids:
         terminal = [event for _id, event in raw_events(redis_node.url, execution_id) if event in TERMINAL]
         assert terminal == ["completed"], (execution_id, terminal)
@@ -97,5 +103,6 @@ def test_random_scripts_and_kills(stack: tuple[ApiClient, str, str, RedisNode, W
         finished = completed_at.get(request.headers.get("idempotency-key", ""))
         assert finished is None or request.at <= finished.timestamp() + 0.001, "a completed call was asked again"
     for view, script in zip(views.values(), scripts, strict=True):
-        assert len(view["tool_calls"]) == sum(len(calls) for calls in script)
-        assert view["turns"] == len(script) + 1
+        played = script[:next((index for index, calls in enumerate(script) if not calls), len(script))]
+        assert view["turns"] == len(played) + 1, "a turn without calls ends the loop"
+        assert len(view["tool_calls"]) == sum(len(calls) for calls in played)
