@@ -45,7 +45,7 @@ def approve_waiting(api: ApiClient, ids: list[str]) -> int:
     approved = 0
     for execution_id, view in execution_views(api, ids).items():
         if view["status"] == "awaiting_approval" and view["pending_approval"]:
-            approved += api.post(f"/executions/{execution_id}/approve").status_code == 200
+            approved += api.post(f"/executions/{execution_id}/approve").status_code == 202
     return approved
 
 
@@ -99,7 +99,8 @@ def test_worker_sigkill_during_webhooks_and_approvals(kills: int, pg_url: str, t
 
     report(f"tool-loop-worker-kill-{kills}", {"kills": kills, "killed_in_call": killed_in_call,
                                               "approvals": approvals, **counts},
-           ["executions_ended_twice", "tool_calls_run_twice", "pauses_lost", "not_completed"])
+           ["executions_ended_twice", "tool_calls_run_twice", "pauses_lost", "not_completed",
+            "tool_calls_not_completed"])
 
 
 def tally(api: ApiClient, redis_url: str, views: dict[str, dict[str, Any]],
@@ -108,7 +109,7 @@ def tally(api: ApiClient, redis_url: str, views: dict[str, dict[str, Any]],
     ended_twice = 0
     for execution_id in views:
         terminal_events = [event for _id, event in raw_events(redis_url, execution_id) if event in TERMINAL]
-        rows = api.get("/audit", query_string={"execution_id": execution_id, "limit": 500}).get_json()["items"]
+        rows = api.get("/audit", query_string={"execution_id": execution_id, "limit": 200}).get_json()["items"]
         ends = [row for row in rows if row["action"] in {"execution.completed", "execution.failed",
                                                           "execution.cancelled", "execution.timed_out"}]
         ended_twice += len(terminal_events) > 1 or len(ends) > 1
@@ -128,4 +129,6 @@ def tally(api: ApiClient, redis_url: str, views: dict[str, dict[str, Any]],
         "pauses_lost": sum(1 for view in views.values() if view["status"] not in TERMINAL),
         "not_completed": sum(1 for view in views.values() if view["status"] != "completed"),
         "tool_calls_completed": len(completed_at),
+        "tool_calls_not_completed": sum(1 for view in views.values() for row in view["tool_calls"]
+                                        if row["status"] != "completed"),
     }
