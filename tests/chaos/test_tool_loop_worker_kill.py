@@ -131,4 +131,7 @@ def tally(api: ApiClient, redis_url: str, views: dict[str, dict[str, Any]],
         "tool_calls_completed": len(completed_at),
         "tool_calls_not_completed": sum(1 for view in views.values() for row in view["tool_calls"]
                                         if row["status"] != "completed"),
+        "not_completed_calls": sorted(f"{row['status']}:{(row['error'] or {}).get('code')}"
+                                      for view in views.values() for row in view["tool_calls"]
+                                      if row["status"] != "completed"),
     }
