@@ -21,7 +21,8 @@ TOOLS_TASK = "executions.tools"  # tasks/chain.py names the same task
 LEASE_MS = 10_000  # kept alive by a heartbeat while the run lives; a killed run's lease frees within this
 HEARTBEAT_S = 2.0
 CLAIM_POLL_S = 0.2
-_REFRESH_LUA = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
+_REFRESH_LUA = ("if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end "
+                "return 0")
 
 
 def event_log() -> Any:
