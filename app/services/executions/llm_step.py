@@ -174,7 +174,8 @@ def _stream_with_retries(
                                  extras=extras, calls=calls)
             admission.release(reservation, workspace_id=execution.workspace_id, **usage)
             return {"outcome": "completed", "output": "".join(parts), "usage": usage, "error": None,
-                    **({"tool_calls": turns.calls_of(calls)} if calls else {})}
+                    **({"tool_calls": turns.calls_of(calls)} if calls else {}),
+                    **({"tool_loop": True} if extras else {})}
         except Stopped:
             return _stopped(llm_run, parts)
         except TransientProviderError as exc:

@@ -124,21 +124,14 @@ def _next_turn(execution: Execution, rows: list[ToolCall], turn: int, started: s
 
 def _requeue_next_turn(execution: Execution) -> dict[str, Any]:
     """A redelivery after this step queued the next turn, or died between that commit and the send: send the
-    chain again unless it is marked queued (a second chain is tolerated: the LLM run's lease lets one through)."""
+    chain again unless it is marked queued or the workers' sweep claimed it (the same claim, so one sender)."""
     from app.services.executions import requests
 
-    if event_log_queued(execution.id):
-        db.session.rollback()
+    if not event_log().claim_requeue(execution.id):
+        db.session.rollback()  # queued, or the workers' sweep is sending it right now
         return {"execution_id": execution.id, "skip": "next turn already queued"}
     requests.start(execution, requests.bound_enqueue())
     return {"execution_id": execution.id, "status": S.PENDING.value, "requeued": True}
-
-
-def event_log_queued(execution_id: str) -> bool:
-    """Whether the broker confirmed the chain of the execution's pending turn (the mark requests.start sets)."""
-    from app.services.streams import queued_key
-
-    return bool(event_log().redis.exists(queued_key(execution_id)))
 
 
 def _end(execution: Execution, target: ExecutionStatus, code: str, message: str, action: str,

@@ -15,6 +15,7 @@ from app.extensions import db
 from app.llm.base import AssistantTurn, Message, ToolCall, ToolSpec
 from app.llm.conversation import dump, load
 from app.models import Agent, Execution, ExecutionStatus, ToolCallStatus
+from app.models import ToolCall as ToolCallRow
 from app.services.tools import ledger
 from app.services.tools.declarations import DEFAULT_PARAMETERS
 from app.services.tools.events import emit_calls, event_log, send_tools
@@ -40,8 +41,23 @@ def stream_extras(execution_id: str) -> dict[str, Any]:
     ).one_or_none()
     if found is None or (not found.tools and not found.conversation):
         return {}
+    if unfinished_calls(execution_id):
+        # A second chain of this turn (a re-sent one after a kill) while the tools step still runs the calls:
+        # the turn's results are not in yet, so this run must not answer in their place.
+        from app.services.executions.llm_run import Lost
+
+        raise Lost()
     messages: list[Message] = load(found.conversation)
     return {"messages": messages, "tools": specs_of(found.tools)}
+
+
+def unfinished_calls(execution_id: str) -> bool:
+    """Whether a call of the execution still waits for its result (then no LLM turn may run)."""
+    unfinished = [status.value for status in ToolCallStatus if not status.finished]
+    return db.session.execute(
+        select(ToolCallRow.id).where(ToolCallRow.execution_id == execution_id, ToolCallRow.status.in_(unfinished))
+        .limit(1)
+    ).first() is not None
 
 
 def calls_of(items: list[ToolCall]) -> list[dict[str, Any]]:
@@ -56,10 +72,16 @@ def _usage(result: dict[str, Any]) -> tuple[int, int]:
 
 def after_llm_turn(result: dict[str, Any]) -> dict[str, Any] | None:
     """A completed turn with tool calls: record them and queue their run; None when the turn called no tools."""
+    if not result.get("tool_loop"):  # an agent without tools: the ordinary persist, no extra query
+        return None
+    execution_id = str(result["execution_id"])
+    if unfinished_calls(execution_id):  # a stale run of a re-sent chain (see stream_extras): drop its result
+        db.session.rollback()
+        event_log().end_run(execution_id)
+        return {"execution_id": execution_id, "skip": "the turn's tool calls are still running"}
     raw_calls = result.get("tool_calls") or []
     if result.get("outcome") != "completed" or not raw_calls:
         return None
-    execution_id = str(result["execution_id"])
     execution = db.session.get(Execution, execution_id)
     if execution is None or execution.status != S.RUNNING.value:
         db.session.rollback()

@@ -19,7 +19,7 @@ from tests.integration.agent.test_agent_execution_orchestration import (
 )
 from tests.support.api import ApiClient
 from tests.support.fake_llm_servers import Behaviour, FakeLLMServer
-from tests.support.webhook_receiver import WebhookReceiver
+from tests.support.webhook_receiver import Reply, WebhookReceiver
 
 
 @pytest.fixture(autouse=True)
@@ -248,3 +248,22 @@ def test_agent_tool_asks_another_agent(wapi: ApiClient) -> None:
     assert [(message["correlation_id"], message["hop"]) for message in inbox] == [(first, 1)]
     statuses = [event.data["status"] for event in events(wapi, execution_id) if event.event == "status"]
     assert "waiting" in statuses
+
+
+def test_a_second_chain_never_answers_for_running_tool_calls(wapi: ApiClient, pg_app: Flask,
+                                                              webhook_receiver: WebhookReceiver) -> None:
+    """A re-sent chain (the sweep after a kill) queued beside the first: its LLM run waits for the lease, then
+    finds the turn's webhook call still running, and must neither answer in its place nor end the execution."""
+    from app.services.executions.requests import bound_enqueue, new_task_ids
+
+    webhook_receiver.behave(Reply(delay_s=1.5))
+    agent = tool_agent(wapi, [webhook_tool(webhook_receiver)], [
+        {"tool_calls": [{"name": "lookup", "arguments": {"q": "slow"}, "id": call_id()}]}, {"text": "After the call."},
+    ])
+    execution_id = execute(wapi, agent["id"])["execution_id"]
+    with pg_app.app_context():
+        bound_enqueue()(execution_id, new_task_ids())
+    done = wait_status(wapi, execution_id)
+    assert done["status"] == "completed" and done["output"] == "After the call."
+    assert done["tool_calls"][0]["status"] == "completed"
+    assert done["turns"] == 2
