@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.loopback_server import LoopbackServer
+
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
 
@@ -352,21 +354,18 @@ class _HTTPServer(ThreadingHTTPServer):
         self.fake = fake
 
 
-class FakeLLMServer:
+class FakeLLMServer(LoopbackServer):
     """The fake upstream: start(), point a provider at openai_base_url / anthropic_base_url, stop()."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None) -> None:
         self.api_key = api_key
-        self.stopping = threading.Event()
         self.requests: list[RecordedRequest] = []
         self._behaviours: list[Behaviour] = [Behaviour()]
         self._lock = threading.Lock()
         self.in_flight = 0
         self.max_in_flight = 0
         self._httpd = _HTTPServer((host, port), self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-llm", daemon=True
-        )
+        self._serve_in("fake-llm")
 
     @property
     def url(self) -> str:
@@ -434,22 +433,6 @@ class FakeLLMServer:
             time.sleep(0.01)
         return "open"
 
-    def start(self) -> FakeLLMServer:
-        """Serve in a background thread."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Wake stalled handlers, stop serving and close the listening socket."""
-        self.stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> FakeLLMServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @pytest.fixture

@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.loopback_server import LoopbackServer
+
 SIGNING_KEY = "webhook-test-signing-key"
 
 
@@ -131,22 +133,16 @@ class _Server(ThreadingHTTPServer):
         self.receiver = receiver
 
 
-class WebhookReceiver:
+class WebhookReceiver(LoopbackServer):
     """start(), point a webhook tool at url, inspect received / per_key / effects, stop()."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, signing_key: str = SIGNING_KEY) -> None:
         self.signing_key = signing_key
-        self.stopping = threading.Event()
         self.bytes_sent = 0
         self._state = _State()
         self._lock = threading.Lock()
         self._httpd = _Server((host, port), self)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="webhook-receiver", daemon=True)
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        self._serve_in("webhook-receiver")
 
     @property
     def url(self) -> str:
@@ -200,20 +196,6 @@ class WebhookReceiver:
             time.sleep(0.01)
         raise AssertionError(f"expected {count} webhook requests, got {len(self.received)}")
 
-    def start(self) -> WebhookReceiver:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> WebhookReceiver:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @pytest.fixture
