@@ -10,7 +10,7 @@ from app.services.tools import ledger
 
 def execution_fields(execution: Execution) -> dict[str, Any]:
     """turns, max_turns, wait_timeout_s, tool_calls, required_action, pending_approval (null when none)."""
-    rows = ledger.rows_of(execution.id) if execution.turns else []
+    rows = ledger.rows_of(execution.id) if execution.conversation else []  # only tool loops keep a conversation
     return {
         "turns": int(execution.turns or 0),
         "max_turns": int(execution.max_turns or 8),
