@@ -87,7 +87,14 @@ def test_random_scripts_and_kills(stack: tuple[ApiClient, str, str, RedisNode, W
             answer_clients(api, ids)
             return all(api.get(f"/executions/{e}").get_json()["status"] in TERMINAL for e in ids)
 
-        wait_for(ended, timeout_s=90, what="every execution to end", interval_s=0.2)
+        try:
+            wait_for(ended, timeout_s=180, what="every execution to end", interval_s=0.2)
+        except AssertionError as exc:
+            views = {e: api.get(f"/executions/{e}").get_json() for e in ids}
+            raise AssertionError(f"{exc}: " + "; ".join(
+                f"{e[:8]} {view['status']} turns={view['turns']} "
+                f"calls={[(row['name'], row['status']) for row in view['tool_calls']]}"
+                for e, view in views.items())) from None
     finally:
         worker.stop()
     views = {e: api.get(f"/executions/{e}").get_json() for e in ids}
