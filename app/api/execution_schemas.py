@@ -26,8 +26,9 @@ class ExecuteRequest(Strict):
     metadata: dict[str, Any] | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
     max_turns: StrictInt = Field(default=8, ge=1, le=MAX_TURNS, description="LLM turns of the tool loop")
-    wait_timeout_s: StrictInt = Field(default=3600, ge=1, le=MAX_WAIT_TIMEOUT_S,
-                                      description="bound of each pause (approval, client tool, asked agent)")
+    wait_timeout_s: StrictInt | None = Field(default=None, ge=1, le=MAX_WAIT_TIMEOUT_S,
+                                             description="bound of each wait: for capacity, an approval, a client "
+                                                         "tool, an asked agent (default EXECUTION_WAIT_TIMEOUT_S)")
 
 
 class ExecutionAccepted(BaseModel):

@@ -83,7 +83,7 @@ class Execution(db.Model):  # type: ignore[name-defined,misc]
     traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
     turns: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     max_turns: Mapped[int] = mapped_column(Integer, nullable=False, default=8)
-    wait_timeout_s: Mapped[int] = mapped_column(Integer, nullable=False, default=3600)
+    wait_timeout_s: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: EXECUTION_WAIT_TIMEOUT_S
     # The conversation of a tool loop so far (assistant turns and tool results), replayed to the next LLM turn.
     conversation: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     required_action: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

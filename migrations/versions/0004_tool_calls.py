@@ -25,7 +25,7 @@ def upgrade():
     with op.batch_alter_table('executions') as batch:
         batch.add_column(sa.Column('turns', sa.Integer(), nullable=False, server_default='0'))
         batch.add_column(sa.Column('max_turns', sa.Integer(), nullable=False, server_default='8'))
-        batch.add_column(sa.Column('wait_timeout_s', sa.Integer(), nullable=False, server_default='3600'))
+        batch.add_column(sa.Column('wait_timeout_s', sa.Integer(), nullable=True))
         batch.add_column(sa.Column('conversation', sa.JSON(), nullable=True))
         batch.add_column(sa.Column('required_action', sa.JSON(), nullable=True))
         batch.add_column(sa.Column('pending_approval', sa.JSON(), nullable=True))

@@ -49,7 +49,7 @@ class ExecutionRequest:
     metadata: dict[str, Any] | None
     max_tokens: int | None = None
     max_turns: int = 8  # the tool loop's LLM turns (DESIGN.md, Tools)
-    wait_timeout_s: int = 3600  # the bound of each pause of the tool loop
+    wait_timeout_s: int | None = None  # each pause's bound (None: EXECUTION_WAIT_TIMEOUT_S)
 
     def as_dict(self) -> dict[str, Any]:
         body = {
@@ -59,7 +59,7 @@ class ExecutionRequest:
             "timeout_s": self.timeout_s,
             "metadata": self.metadata,
             **({"max_turns": self.max_turns} if self.max_turns != 8 else {}),
-            **({"wait_timeout_s": self.wait_timeout_s} if self.wait_timeout_s != 3600 else {}),
+            **({"wait_timeout_s": self.wait_timeout_s} if self.wait_timeout_s is not None else {}),
         }
         if self.max_tokens is not None:  # only when set: older Idempotency-Keys keep their request hash
             body["max_tokens"] = self.max_tokens

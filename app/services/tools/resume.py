@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import func
 
 from app.extensions import db
@@ -25,11 +26,16 @@ S = ExecutionStatus
 T = ToolCallStatus
 
 
+def wait_timeout_of(execution: Execution) -> int:
+    """The execution's wait_timeout_s, or the deployment's default when the execute body set none."""
+    return int(execution.wait_timeout_s or current_app.config["EXECUTION_WAIT_TIMEOUT_S"])
+
+
 def paused_for(execution: Execution) -> timedelta:
     """How long the current pause has lasted (it started wait_timeout_s before paused_until)."""
     if execution.paused_until is None:
         return timedelta(0)
-    since = as_utc(execution.paused_until) - timedelta(seconds=int(execution.wait_timeout_s))
+    since = as_utc(execution.paused_until) - timedelta(seconds=wait_timeout_of(execution))
     return max(timedelta(0), utcnow() - since)
 
 

@@ -19,6 +19,7 @@ from app.llm.conversation import dump
 from app.models import Agent, Execution, ExecutionStatus, ToolCall, ToolCallStatus
 from app.services.tools import asks, ledger
 from app.services.tools.events import cancel_seen, emit, event_log, tools_lease
+from app.services.tools.resume import wait_timeout_of
 from app.services.tools.runner import Caller, run_webhooks
 from app.timeutil import as_utc, iso, utcnow
 
@@ -98,7 +99,7 @@ def _pause(execution: Execution, target: ExecutionStatus, view: dict[str, Any], 
     from app.services.executions import state
 
     values = {"required_action": None, "pending_approval": None, **view,
-              "paused_until": utcnow() + timedelta(seconds=int(execution.wait_timeout_s))}
+              "paused_until": utcnow() + timedelta(seconds=wait_timeout_of(execution))}
     moved = state.move(execution.id, target, actor=ACTOR, from_statuses=[S.RUNNING], values=values)
     return {"execution_id": execution.id, "status": target.value if moved is not None else "ended", "turn": turn}
 

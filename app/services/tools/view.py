@@ -6,6 +6,7 @@ from typing import Any
 
 from app.models import Execution
 from app.services.tools import ledger
+from app.services.tools.resume import wait_timeout_of
 
 
 def execution_fields(execution: Execution) -> dict[str, Any]:
@@ -14,7 +15,7 @@ def execution_fields(execution: Execution) -> dict[str, Any]:
     return {
         "turns": int(execution.turns or 0),
         "max_turns": int(execution.max_turns or 8),
-        "wait_timeout_s": int(execution.wait_timeout_s or 3600),
+        "wait_timeout_s": wait_timeout_of(execution),
         "tool_calls": [ledger.serialize(row) for row in rows],
         "required_action": execution.required_action,
         "pending_approval": execution.pending_approval,
