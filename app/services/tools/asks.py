@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from coordination.workflows import next_hop
+from coordination.envelope import next_hop
 from flask import current_app
 
 from app.extensions import db
