@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PORT ?= 8000
 export FLASK_APP := wsgi
 
-.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging bench-execute bench-sse bench-summary bench-fairness bench-tracing bench-agents bench-inflight
+.PHONY: help install services browser migrate run test test-fast lint bench chaos demo clean bench-messaging bench-execute bench-sse bench-summary bench-fairness bench-tracing bench-agents bench-inflight bench-tools
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -55,7 +55,7 @@ clean:  ## Remove the virtualenv and local SQLite data
 demo: install  ## Against the running stack (make run): stream an execution live, message, audit trail
 	$(PY) scripts/demo.py
 
-bench: install services  ## Every benchmark (execute, messaging, sse_streams, agents_scale, fairness, inflight), then one summary table
+bench: install services  ## Every benchmark (execute, messaging, sse_streams, agents_scale, fairness, inflight, tool_loop), then one summary table
 	$(PY) -m bench.execute
 	$(PY) -m bench.messaging
 	$(PY) -m bench.sse_streams
@@ -63,6 +63,7 @@ bench: install services  ## Every benchmark (execute, messaging, sse_streams, ag
 	$(PY) -m bench.fairness
 	$(PY) -m bench.tracing
 	$(PY) -m bench.inflight --sizes 100,1000
+	$(PY) -m bench.tool_loop
 	$(PY) -m bench.summary
 
 bench-agents: install services  ## Mailbox and creation cost at 1,000 / 10,000 / 100,000 agents, notified vs polling (~30 min)
@@ -85,6 +86,9 @@ bench-fairness: install services  ## Workspace B's queue wait behind A's 5,000-e
 
 bench-tracing: install services  ## Executions/s and CPU per execution with tracing on (OTLP to a receiver) vs off
 	$(PY) -m bench.tracing
+
+bench-tools: install services  ## A 3-turn webhook tool loop vs a single-turn execution: executions/s, ms added per turn
+	$(PY) -m bench.tool_loop
 
 bench-messaging: install services  ## Confirmed sends/s (single, batch) vs raw pika / aio-pika, send -> readable p50/p99
 	$(PY) -m bench.messaging

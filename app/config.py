@@ -76,6 +76,12 @@ def from_environment() -> dict[str, Any]:
         # bench/fairness.py found every thread of a threads pool (-c 60) blocked on Celery's event dispatcher mutex
         # right after a restart with 60 redelivered tasks; 0 turns task events off (Flower then shows no tasks).
         "CELERY_TASK_EVENTS": os.environ.get("CELERY_TASK_EVENTS", "1") != "0",
+        "WEBHOOK_SIGNING_KEY": os.environ.get("WEBHOOK_SIGNING_KEY", "dev-webhook-key-change-me"),
+        # Hosts (names or IPs, comma-separated) a webhook may reach even on loopback or private addresses.
+        "WEBHOOK_ALLOWED_HOSTS": os.environ.get("WEBHOOK_ALLOWED_HOSTS", ""),
+        "WEBHOOK_MAX_ATTEMPTS": _int("WEBHOOK_MAX_ATTEMPTS", 4),
+        "WEBHOOK_RETRY_BASE_S": _float("WEBHOOK_RETRY_BASE_S", 0.5),
+        "WEBHOOK_RETRY_CAP_S": _float("WEBHOOK_RETRY_CAP_S", 8.0),
         "JSON_SORT_KEYS": False,
         # Tracing (app/tracing.py) is on only when an endpoint is set; the exporter reads the other OTEL_* itself.
         "OTEL_EXPORTER_OTLP_ENDPOINT": os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", ""),

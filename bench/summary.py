@@ -96,6 +96,13 @@ def rows() -> list[dict[str, Any]]:
                         "target": "< 250 (1000)", "met": n < 1000 or row["first_delta_p99_ms"] < 250,
                         "detail": f"p50 {row['first_delta_p50_ms']:.0f} ms; pg connections peak "
                                   f"{row['pg_connections_peak']}; load {row['load_before']}"})
+    loop = _load("tool_loop")
+    if loop:
+        last = loop["rows"][-1]
+        out.append({"benchmark": "8 tools: 3-turn webhook loop / single turn", "figure": loop["ratio_median"],
+                    "target": "-", "met": "",
+                    "detail": f"loop {last['three_turn_loop_per_s']:.1f}/s vs single "
+                              f"{last['single_turn_per_s']:.1f}/s; +{loop['added_ms_per_turn_p50']:.0f} ms per turn"})
     return out
 
 

@@ -13,6 +13,7 @@ from app.tracing import execution_trace
 GOVERNANCE = "executions.governance"
 LLM = "executions.llm"
 PERSIST = "executions.persist"
+TOOLS = "executions.tools"  # a tool-loop turn's calls (app.services.tools.step), sent by name after a commit
 
 
 def build(celery_app: Celery, execution_id: str, task_ids: list[str]) -> Signature:

@@ -15,7 +15,8 @@ from app.services import workflows
 from app.services.backoff import retry_delay
 from app.services.executions import governance_step, llm_step, persist_step
 from app.services.executions.step_support import is_infrastructure_error
-from tasks.chain import GOVERNANCE, LLM, PERSIST
+from app.services.tools import asks, step
+from tasks.chain import GOVERNANCE, LLM, PERSIST, TOOLS
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,16 @@ def persist(self: Task, result: dict[str, Any]) -> dict[str, Any]:
         outcome = persist_step.run(result)
         if outcome.get("reply"):  # the execution answers an agent's message: send the reply (workflows)
             workflows.reply_for_execution(outcome["execution_id"])
+        if outcome.get("tool_call"):  # it answers another agent's tool call: resume that execution
+            asks.answer(outcome["execution_id"])
         return outcome
+
+
+@shared_task(name=TOOLS, bind=True, max_retries=MAX_RETRIES)
+def tools(self: Task, execution_id: str, turn: int) -> dict[str, Any]:
+    """Run a tool-loop turn's calls, then pause (holding no slot) or queue the next turn."""
+    with _step(self, "tools", execution_id):
+        return step.run(execution_id, turn)
 
 
 @contextmanager

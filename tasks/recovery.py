@@ -9,6 +9,7 @@ from celery import Celery
 from flask import Flask
 
 from app.services.executions import sweeps
+from app.services.tools import pauses
 from tasks.chain import enqueuer
 from tasks.periodic import PeriodicStep
 
@@ -27,5 +28,6 @@ class SweepExecutions(PeriodicStep):
         def sweep() -> None:
             sweeps.requeue_stranded(enqueue, older_than_s=requeue_after_s)
             sweeps.end_abandoned(grace_s=abandoned_after_s)
+            pauses.end_expired()  # tool-loop pauses past their wait_timeout_s end timed_out
 
         return sweep

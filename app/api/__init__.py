@@ -17,9 +17,11 @@ def register_blueprints(app: Flask) -> None:
         messages,
         metrics,
         openapi,
+        tool_outputs,
         ui,
         usage,
     )
 
-    for module in (ui, health, openapi, metrics, agents, audit, executions, credentials, messages, events, usage):
+    for module in (ui, health, openapi, metrics, agents, audit, executions, tool_outputs, credentials, messages,
+                   events, usage):
         app.register_blueprint(module.bp)

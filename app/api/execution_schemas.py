@@ -11,8 +11,11 @@ from app.api.schemas import ProviderName, Strict
 # RabbitMQ closes a channel whose delivery stays unacked past consumer_timeout (30 min): keep well inside it.
 MAX_TIMEOUT_S = 1500
 ExecutionStatusName = Literal[
-    "pending", "awaiting_approval", "running", "completed", "failed", "cancelled", "timed_out", "denied"
+    "pending", "awaiting_approval", "running", "requires_action", "waiting", "completed", "failed", "cancelled",
+    "timed_out", "denied",
 ]
+MAX_TURNS = 32
+MAX_WAIT_TIMEOUT_S = 7 * 24 * 3600
 
 
 class ExecuteRequest(Strict):
@@ -22,6 +25,10 @@ class ExecuteRequest(Strict):
     timeout_s: StrictInt = Field(default=120, ge=1, le=MAX_TIMEOUT_S)
     metadata: dict[str, Any] | None = None
     max_tokens: StrictInt | None = Field(default=None, ge=1, le=1_000_000)
+    max_turns: StrictInt = Field(default=8, ge=1, le=MAX_TURNS, description="LLM turns of the tool loop")
+    wait_timeout_s: StrictInt | None = Field(default=None, ge=1, le=MAX_WAIT_TIMEOUT_S,
+                                             description="bound of each wait: for capacity, an approval, a client "
+                                                         "tool, an asked agent (default EXECUTION_WAIT_TIMEOUT_S)")
 
 
 class ExecutionAccepted(BaseModel):
@@ -52,6 +59,37 @@ class Step(BaseModel):
 class Queued(BaseModel):
     reason: Literal["workspace_concurrency", "credential_concurrency", "capacity", "requests_per_minute",
                     "tokens_per_minute"]
+class ToolCallOut(BaseModel):
+    tool_call_id: str
+    name: str
+    kind: str
+    arguments: Any
+    turn: int
+    status: Literal["pending", "awaiting_approval", "requires_action", "running", "completed", "failed", "denied",
+                    "rejected"]
+    output: Any
+    error: dict[str, Any] | None
+    started_at: str | None
+    finished_at: str | None
+
+
+class PendingCall(BaseModel):
+    id: str
+    name: str
+    arguments: Any
+
+
+class PendingCalls(BaseModel):
+    tool_calls: list[PendingCall]
+
+
+class ToolOutput(Strict):
+    tool_call_id: StrictStr = Field(min_length=1, max_length=128)
+    output: Any = Field(description="a string or any JSON value: what the LLM reads as the tool's result")
+
+
+class ToolOutputsRequest(Strict):
+    tool_outputs: list[ToolOutput] = Field(min_length=1, max_length=128)
 
 
 class ExecutionOut(BaseModel):
@@ -72,6 +110,12 @@ class ExecutionOut(BaseModel):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    turns: int
+    max_turns: int
+    wait_timeout_s: int
+    tool_calls: list[ToolCallOut]
+    required_action: PendingCalls | None
+    pending_approval: PendingCalls | None
 
 
 class ExecutionList(BaseModel):

@@ -55,7 +55,7 @@ def execute(agent_id: str) -> Response | dict[str, Any]:
         current_principal(),
         agent_id,
         ExecutionRequest(body.message, body.stream, body.action, body.timeout_s, body.metadata,
-                         max_tokens=body.max_tokens),
+                         max_tokens=body.max_tokens, max_turns=body.max_turns, wait_timeout_s=body.wait_timeout_s),
         idempotency_key=_idempotency_key(),
     )
     if body.stream:

@@ -25,6 +25,27 @@ class LlmConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+ToolKind = Literal["client", "webhook", "agent"]
+DEFAULT_TOOL_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+
+
+class ToolDeclaration(Strict):
+    """One tool the LLM may call; cross-field rules and the JSON Schema check live in app.services.tools."""
+
+    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: StrictStr = Field(default="", max_length=4096)
+    parameters: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_TOOL_PARAMETERS),
+                                       description="a JSON Schema (Draft 2020-12) for the call's arguments")
+    action: StrictStr = Field(min_length=1, max_length=64, description="the governance action of each call")
+    kind: ToolKind
+    url: StrictStr | None = Field(default=None, max_length=2048, description="webhook tools: http(s) URL")
+    agent_id: StrictStr | None = Field(default=None, max_length=36, description="agent tools: the asked agent")
+    timeout_s: int | None = Field(default=None, ge=1, le=600, description="webhook tools: per try, default 30")
+
+
+MAX_TOOLS = 32
+
+
 class AgentCreate(Strict):
     name: StrictStr = Field(min_length=1, max_length=200)
     maturity_level: Maturity
@@ -32,6 +53,7 @@ class AgentCreate(Strict):
     llm: LlmConfig | None = None
     confidence_score: float = Field(default=0.5, ge=0, le=1, allow_inf_nan=False)
     auto_reply: StrictBool = False
+    tools: list[ToolDeclaration] | None = Field(default=None, max_length=MAX_TOOLS)
 
 
 class AgentUpdate(Strict):
@@ -42,6 +64,7 @@ class AgentUpdate(Strict):
     confidence_score: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
     status: Literal["active", "paused"] | None = None
     auto_reply: StrictBool | None = None
+    tools: list[ToolDeclaration] | None = Field(default=None, max_length=MAX_TOOLS)
 
 
 class AgentOut(BaseModel):
@@ -53,6 +76,7 @@ class AgentOut(BaseModel):
     system_prompt: str | None
     llm: dict[str, Any]
     auto_reply: bool
+    tools: list[dict[str, Any]]
     created_at: str
     updated_at: str
 

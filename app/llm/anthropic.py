@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -15,12 +16,17 @@ from app.llm.base import (
     OVERLOADED,
     PROVIDER_ERROR,
     RATE_LIMITED,
+    AssistantTurn,
     Delta,
     FatalProviderError,
+    Message,
     ProviderError,
     ShouldStop,
     StreamItem,
     Timeouts,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
     TransientProviderError,
     Usage,
 )
@@ -65,17 +71,21 @@ class AnthropicProvider:
         return f"AnthropicProvider(base_url={self.base_url!r}, api_key={'***' if self._api_key else None})"
 
     def build_request(
-        self, *, system_prompt: str | None, message: str, model: str | None, options: dict[str, Any]
+        self, *, system_prompt: str | None, message: str, model: str | None, options: dict[str, Any],
+        messages: Sequence[Message] = (), tools: Sequence[ToolSpec] = (),
     ) -> StreamRequest:
         """The streaming request body and headers (the key only in x-api-key)."""
         body: dict[str, Any] = {
             "model": model or self.default_model,
             "max_tokens": DEFAULT_MAX_TOKENS,
-            "messages": [{"role": "user", "content": message}],
+            "messages": _wire_messages(message, messages),
             "stream": True,
         }
         if system_prompt:
             body["system"] = system_prompt
+        if tools:
+            body["tools"] = [{"name": tool.name, "description": tool.description, "input_schema": tool.parameters}
+                             for tool in tools]
         body.update(options)
         headers = {
             "accept": "text/event-stream",
@@ -95,13 +105,16 @@ class AnthropicProvider:
         options: dict[str, Any],
         should_stop: ShouldStop,
         attempt: int,
+        messages: Sequence[Message] = (),
+        tools: Sequence[ToolSpec] = (),
     ) -> Iterator[StreamItem]:
-        """Yield text deltas then Usage(input_tokens, output_tokens); raise Stopped on stop."""
+        """Yield text deltas, each tool_use block as a ToolCall when it closes, then Usage."""
         try:
             opts = validate_anthropic(options)
         except InvalidOptions as exc:
             raise FatalProviderError(INVALID_OPTIONS, exc.message) from None
-        request = self.build_request(system_prompt=system_prompt, message=message, model=model, options=opts)
+        request = self.build_request(system_prompt=system_prompt, message=message, model=model, options=opts,
+                                     messages=messages, tools=tools)
         secrets = (self._api_key,)
         lines = stream_lines(
             request,
@@ -113,6 +126,7 @@ class AnthropicProvider:
         input_tokens = output_tokens = 0
         stop_reason: str | None = None
         stopped_cleanly = False
+        tool_blocks: dict[int, dict[str, Any]] = {}
         try:
             for event in iter_events(lines):
                 payload = _decode(event, secrets)
@@ -124,6 +138,21 @@ class AnthropicProvider:
                         if isinstance(text, str) and text:
                             check_stop(should_stop)
                             yield Delta(text)
+                    elif isinstance(delta, dict) and delta.get("type") == "input_json_delta":
+                        block = tool_blocks.get(_int(payload.get("index"), -1))
+                        if block is not None and isinstance(delta.get("partial_json"), str):
+                            block["json"].append(delta["partial_json"])
+                elif kind == "content_block_start":
+                    started = _dict(payload.get("content_block"))
+                    if started.get("type") == "tool_use":
+                        tool_blocks[_int(payload.get("index"), len(tool_blocks))] = {
+                            "id": started.get("id"), "name": started.get("name"),
+                            "input": started.get("input"), "json": []}
+                elif kind == "content_block_stop":
+                    block = tool_blocks.pop(_int(payload.get("index"), -1), None)
+                    if block is not None:
+                        check_stop(should_stop)
+                        yield _tool_call(block)
                 elif kind == "message_start":
                     usage = _dict(_dict(payload.get("message")).get("usage"))
                     input_tokens = _int(usage.get("input_tokens"), input_tokens)
@@ -145,6 +174,47 @@ class AnthropicProvider:
             raise TransientProviderError(INCOMPLETE_STREAM, "stream ended before message_stop")
         check_stop(should_stop)
         yield Usage(prompt_tokens=input_tokens, completion_tokens=output_tokens, finish_reason=stop_reason)
+
+
+def _wire_messages(message: str, messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """The conversation in Messages-API form; consecutive tool results share one user message."""
+    wire: list[dict[str, Any]] = [{"role": "user", "content": message}]
+    for item in messages:
+        if isinstance(item, AssistantTurn):
+            content: list[dict[str, Any]] = [{"type": "text", "text": item.text}] if item.text else []
+            content.extend({"type": "tool_use", "id": call.id, "name": call.name,
+                            "input": call.arguments if isinstance(call.arguments, dict) else {}}
+                           for call in item.tool_calls)
+            wire.append({"role": "assistant", "content": content or [{"type": "text", "text": "(no reply)"}]})
+        elif isinstance(item, ToolResult):
+            block = {"type": "tool_result", "tool_use_id": item.tool_call_id, "content": item.content,
+                     "is_error": item.is_error}
+            last = wire[-1]
+            if last["role"] == "user" and isinstance(last["content"], list) and last is not wire[0]:
+                last["content"].append(block)
+            else:
+                wire.append({"role": "user", "content": [block]})
+        else:
+            wire.append({"role": "user", "content": item.text})
+    return wire
+
+
+def _tool_call(block: dict[str, Any]) -> ToolCall:
+    """A closed tool_use block: input from the joined input_json_delta pieces (or the start's input)."""
+    name = block.get("name")
+    if not isinstance(name, str) or not name:
+        raise FatalProviderError(BAD_RESPONSE, "a tool_use block has no name")
+    text = "".join(block["json"])
+    arguments: Any
+    if text.strip():
+        try:
+            arguments = json.loads(text)
+        except ValueError:
+            arguments = text
+    else:
+        arguments = block.get("input") if isinstance(block.get("input"), dict) else {}
+    call_id = block.get("id") if isinstance(block.get("id"), str) and block.get("id") else None
+    return ToolCall(id=call_id or f"toolu_{uuid.uuid4().hex[:24]}", name=name, arguments=arguments)
 
 
 def _dict(value: Any) -> dict[str, Any]:

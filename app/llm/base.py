@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,7 +28,58 @@ class Usage:
     finish_reason: str | None = field(default=None, compare=False)
 
 
-StreamItem = Delta | Usage
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool the model asked to call, yielded once its arguments are complete (before Usage).
+
+    `arguments` is the parsed JSON (normally an object); when the model sent text that is not JSON it is
+    that raw string, so the caller can hand an error back instead of failing the turn.
+    """
+
+    id: str
+    name: str
+    arguments: Any
+
+
+StreamItem = Delta | ToolCall | Usage
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    """A tool offered to the model: its name, what it is for and a JSON Schema of its arguments."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class AssistantTurn:
+    """What the model said in an earlier turn: its text and the tools it called."""
+
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResult:
+    """The answer to one earlier tool call, as the model reads it (`content` is text, often JSON)."""
+
+    tool_call_id: str
+    name: str
+    content: str
+    is_error: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UserTurn:
+    """A later message from the user (the first one is stream()'s `message`)."""
+
+    text: str
+
+
+Message = AssistantTurn | ToolResult | UserTurn
+"""One entry of the conversation after the first user message."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +152,11 @@ class Provider(Protocol):
         options: dict[str, Any],
         should_stop: ShouldStop,
         attempt: int,
+        messages: Sequence[Message] = (),
+        tools: Sequence[ToolSpec] = (),
     ) -> Iterator[StreamItem]:
-        """Yield Delta items, then one Usage; raise ProviderError on failure or Stopped when told to stop."""
+        """Yield Delta and ToolCall items, then one Usage; raise ProviderError, or Stopped when told to stop.
+
+        `messages` is the conversation after `message` (earlier turns and tool results); `tools` are offered.
+        """
         ...

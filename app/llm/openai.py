@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from dataclasses import replace
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import httpx
@@ -14,15 +15,21 @@ from app.llm.base import (
     INCOMPLETE_STREAM,
     INVALID_OPTIONS,
     PROVIDER_ERROR,
+    AssistantTurn,
     Delta,
     FatalProviderError,
+    Message,
     ProviderError,
     ShouldStop,
     StreamItem,
     Timeouts,
+    ToolCall,
+    ToolResult,
+    ToolSpec,
     TransientProviderError,
     Usage,
 )
+from app.llm.conversation import history_text
 from app.llm.http_stream import StreamRequest, stream_lines
 from app.llm.options import InvalidOptions, validate_openai
 from app.llm.redact import clip, redact
@@ -58,18 +65,23 @@ class OpenAIProvider:
         return f"OpenAIProvider(base_url={self.base_url!r}, api_key={'***' if self._api_key else None})"
 
     def build_request(
-        self, *, system_prompt: str | None, message: str, model: str | None, options: dict[str, Any]
+        self, *, system_prompt: str | None, message: str, model: str | None, options: dict[str, Any],
+        messages: Sequence[Message] = (), tools: Sequence[ToolSpec] = (),
     ) -> StreamRequest:
         """The streaming request body and headers (the key only as a Bearer header)."""
         opts = dict(options)
         include_usage = opts.pop("include_usage", True)
-        messages: list[dict[str, str]] = []
+        wire: list[dict[str, Any]] = []
         if system_prompt:
-            messages.append({"role": "system", "content": system_prompt})
-        messages.append({"role": "user", "content": message})
-        body: dict[str, Any] = {"model": model or self.default_model, "messages": messages, "stream": True}
+            wire.append({"role": "system", "content": system_prompt})
+        wire.append({"role": "user", "content": message})
+        wire.extend(_wire_message(item) for item in messages)
+        body: dict[str, Any] = {"model": model or self.default_model, "messages": wire, "stream": True}
         if include_usage:
             body["stream_options"] = {"include_usage": True}
+        if tools:
+            body["tools"] = [{"type": "function", "function": {"name": tool.name, "description": tool.description,
+                                                               "parameters": tool.parameters}} for tool in tools]
         body.update(opts)
         headers = {"accept": "text/event-stream", "content-type": "application/json"}
         if self._api_key:
@@ -85,13 +97,16 @@ class OpenAIProvider:
         options: dict[str, Any],
         should_stop: ShouldStop,
         attempt: int,
+        messages: Sequence[Message] = (),
+        tools: Sequence[ToolSpec] = (),
     ) -> Iterator[StreamItem]:
-        """Yield content deltas then Usage (estimated if the server sent none); raise Stopped on stop."""
+        """Yield content deltas, the turn's tool calls, then Usage (estimated if none was sent)."""
         try:
             opts = validate_openai(options)
         except InvalidOptions as exc:
             raise FatalProviderError(INVALID_OPTIONS, exc.message) from None
-        request = self.build_request(system_prompt=system_prompt, message=message, model=model, options=opts)
+        request = self.build_request(system_prompt=system_prompt, message=message, model=model, options=opts,
+                                     messages=messages, tools=tools)
         secrets = (self._api_key,)
         lines = stream_lines(
             request,
@@ -103,6 +118,7 @@ class OpenAIProvider:
         usage: Usage | None = None
         finished: str | bool = False
         output: list[str] = []
+        calls = _CallAssembler()
         try:
             for event in iter_events(lines):
                 if event.data.strip() == "[DONE]":
@@ -110,6 +126,7 @@ class OpenAIProvider:
                     break
                 chunk = _decode(event.data, secrets)
                 text, chunk_usage, chunk_finished = _read_chunk(chunk, secrets)
+                calls.feed(chunk)
                 usage = chunk_usage or usage
                 finished = finished or chunk_finished
                 if text:
@@ -121,13 +138,90 @@ class OpenAIProvider:
         if not finished:
             raise TransientProviderError(INCOMPLETE_STREAM, "stream ended before [DONE]")
         check_stop(should_stop)
+        yield from calls.complete()
         reason = finished if isinstance(finished, str) else None
         yield replace(usage, finish_reason=reason) if usage else Usage(
-            prompt_tokens=count_tokens(system_prompt, message),
-            completion_tokens=count_tokens("".join(output)),
+            prompt_tokens=count_tokens(system_prompt, message, *history_text(messages)),
+            completion_tokens=count_tokens("".join(output), *calls.argument_texts()),
             estimated=True,
             finish_reason=reason,
         )
+
+
+def _wire_message(item: Message) -> dict[str, Any]:
+    """An earlier turn in chat-completions form: assistant with tool_calls, or a role "tool" result."""
+    if isinstance(item, AssistantTurn):
+        out: dict[str, Any] = {"role": "assistant", "content": item.text or None}
+        if item.tool_calls:
+            out["tool_calls"] = [
+                {"id": call.id, "type": "function",
+                 "function": {"name": call.name, "arguments": _arguments_text(call.arguments)}}
+                for call in item.tool_calls
+            ]
+        return out
+    if isinstance(item, ToolResult):
+        return {"role": "tool", "tool_call_id": item.tool_call_id, "content": item.content}
+    return {"role": "user", "content": item.text}
+
+
+def _arguments_text(arguments: Any) -> str:
+    """Arguments as the JSON text the API carries (a raw non-JSON string is sent back as it came)."""
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+@dataclass
+class _PartialCall:
+    id: str = ""
+    name: str = ""
+    arguments: list[str] = field(default_factory=list)
+
+
+class _CallAssembler:
+    """Streamed tool_calls deltas, joined per `index` (id and name come first, arguments in pieces)."""
+
+    def __init__(self) -> None:
+        self._calls: dict[int, _PartialCall] = {}
+
+    def feed(self, chunk: Any) -> None:
+        """Take the tool_calls deltas of one chunk, if any."""
+        choices = chunk.get("choices") if isinstance(chunk, dict) else None
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return
+        delta = choices[0].get("delta")
+        deltas = delta.get("tool_calls") if isinstance(delta, dict) else None
+        if not isinstance(deltas, list):
+            return
+        for position, item in enumerate(deltas):
+            if not isinstance(item, dict):
+                continue
+            index = item.get("index", position)
+            call = self._calls.setdefault(index if isinstance(index, int) else position, _PartialCall())
+            if isinstance(item.get("id"), str) and item["id"]:
+                call.id = item["id"]
+            function = item.get("function")
+            if isinstance(function, dict):
+                if isinstance(function.get("name"), str) and function["name"] and not call.name:
+                    call.name = function["name"]
+                if isinstance(function.get("arguments"), str):
+                    call.arguments.append(function["arguments"])
+
+    def complete(self) -> list[ToolCall]:
+        """The finished calls in index order; arguments parsed (raw text if not JSON, {} if empty)."""
+        out: list[ToolCall] = []
+        for _, call in sorted(self._calls.items()):
+            if not call.name:
+                raise FatalProviderError(BAD_RESPONSE, "a streamed tool call has no function name")
+            text = "".join(call.arguments)
+            try:
+                arguments: Any = json.loads(text) if text.strip() else {}
+            except ValueError:
+                arguments = text
+            out.append(ToolCall(id=call.id or f"call_{uuid.uuid4().hex[:24]}", name=call.name, arguments=arguments))
+        return out
+
+    def argument_texts(self) -> list[str]:
+        """The arguments as streamed, for token estimates."""
+        return ["".join(call.arguments) for call in self._calls.values()]
 
 
 def _decode(data: str, secrets: tuple[str | None, ...]) -> Any:

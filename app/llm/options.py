@@ -76,10 +76,72 @@ def _check_keys(provider: str, options: Mapping[str, Any], allowed: set[str]) ->
         )
 
 
+MAX_SCRIPTED_TURNS = 64
+MAX_SCRIPTED_CALLS = 32
+TOOL_NAME_MAX = 64
+TOOL_CALL_ID_MAX = 128
+
+
+def _scripted_call(where: str, call: Any, seen_ids: set[str]) -> dict[str, Any]:
+    """One scripted tool call: {name, arguments?, id?}; ids unique across the script."""
+    if not isinstance(call, Mapping):
+        raise InvalidOptions(f"options.{where} must be an object with name, arguments and id", field="turns")
+    unknown = sorted(str(key) for key in call if key not in {"name", "arguments", "id"})
+    if unknown:
+        raise InvalidOptions(f"options.{where} has unknown key(s): {', '.join(unknown)}", field="turns")
+    name = call.get("name")
+    if not isinstance(name, str) or not 1 <= len(name) <= TOOL_NAME_MAX:
+        raise InvalidOptions(f"options.{where}.name must be a string of 1 to {TOOL_NAME_MAX} characters",
+                             field="turns")
+    out: dict[str, Any] = {"name": name, "arguments": call.get("arguments", {})}
+    if "id" in call:
+        call_id = call["id"]
+        if not isinstance(call_id, str) or not 1 <= len(call_id) <= TOOL_CALL_ID_MAX or not call_id.isprintable():
+            raise InvalidOptions(f"options.{where}.id must be a printable string of 1 to {TOOL_CALL_ID_MAX} "
+                                 "characters", field="turns")
+        if call_id in seen_ids:
+            raise InvalidOptions(f"options.{where}.id {call_id!r} is used twice", field="turns")
+        seen_ids.add(call_id)
+        out["id"] = call_id
+    return out
+
+
+def _scripted_turns(value: Any) -> list[dict[str, Any]]:
+    """options.turns: one entry per LLM turn, each {text? | chunks?, tool_calls?: [{name, arguments, id?}]}."""
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_SCRIPTED_TURNS:
+        raise InvalidOptions(f"options.turns must be a list of 1 to {MAX_SCRIPTED_TURNS} turns", field="turns")
+    seen_ids: set[str] = set()
+    turns: list[dict[str, Any]] = []
+    for index, entry in enumerate(value):
+        where = f"turns[{index}]"
+        if not isinstance(entry, Mapping):
+            raise InvalidOptions(f"options.{where} must be an object", field="turns")
+        unknown = sorted(str(key) for key in entry if key not in {"text", "chunks", "tool_calls"})
+        if unknown:
+            raise InvalidOptions(f"options.{where} has unknown key(s): {', '.join(unknown)}; allowed: chunks, "
+                                 "text, tool_calls", field="turns")
+        if "text" in entry and "chunks" in entry:
+            raise InvalidOptions(f"options.{where} takes text or chunks, not both", field="turns")
+        turn: dict[str, Any] = {}
+        if "text" in entry:
+            turn["text"] = _str(f"{where}.text", entry["text"], max_len=1_000_000)
+        if "chunks" in entry:
+            turn["chunks"] = _str_list(f"{where}.chunks", entry["chunks"], max_items=100_000, max_len=1_000_000)
+        if "tool_calls" in entry:
+            calls = entry["tool_calls"]
+            if not isinstance(calls, list) or len(calls) > MAX_SCRIPTED_CALLS:
+                raise InvalidOptions(f"options.{where}.tool_calls must be a list of at most {MAX_SCRIPTED_CALLS}",
+                                     field="turns")
+            turn["tool_calls"] = [_scripted_call(f"{where}.tool_calls[{position}]", call, seen_ids)
+                                  for position, call in enumerate(calls)]
+        turns.append(turn)
+    return turns
+
+
 def validate_scripted(options: Mapping[str, Any]) -> dict[str, Any]:
     """Options of the offline scripted provider (DESIGN.md, Provider credentials)."""
     allowed = {"text", "chunks", "chunk_delay_ms", "fail_at_chunk", "fail_mode", "fail_attempts", "hang_s",
-               "max_tokens"}
+               "max_tokens", "turns"}
     _check_keys("scripted", options, allowed)
     out: dict[str, Any] = {}
     if "text" in options:
@@ -103,6 +165,8 @@ def validate_scripted(options: Mapping[str, Any]) -> dict[str, Any]:
         out["hang_s"] = _number("hang_s", options["hang_s"], minimum=0, maximum=3_600)
     if "max_tokens" in options:
         out["max_tokens"] = _int("max_tokens", options["max_tokens"], minimum=1, maximum=10_000_000)
+    if "turns" in options:
+        out["turns"] = _scripted_turns(options["turns"])
     return out
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import uuid
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from app.llm.base import (
@@ -11,11 +12,15 @@ from app.llm.base import (
     SCRIPTED_FAILURE,
     Delta,
     FatalProviderError,
+    Message,
     ShouldStop,
     StreamItem,
+    ToolCall,
+    ToolSpec,
     TransientProviderError,
     Usage,
 )
+from app.llm.conversation import history_text, turn_index
 from app.llm.options import InvalidOptions, validate_scripted
 from app.llm.stopping import check_stop, wait_or_stop
 from app.llm.tokens import count_tokens
@@ -52,21 +57,28 @@ class ScriptedProvider:
         options: dict[str, Any],
         should_stop: ShouldStop,
         attempt: int,
+        messages: Sequence[Message] = (),
+        tools: Sequence[ToolSpec] = (),
     ) -> Iterator[StreamItem]:
-        """Yield the scripted chunks then Usage; fail or hang as the options say; raise Stopped on stop.
+        """Yield the scripted chunks, this turn's tool calls, then Usage; fail or hang as the options say.
 
         fail_at_chunk at or past the end fails after the last chunk (before Usage); fail_mode without
         fail_at_chunk fails before chunk 0; fail_mode "fatal" is the default once fail_at_chunk is set;
-        fail_attempts (transient only, default 1) is how many first attempts fail.
+        fail_attempts (transient only, default 1) is how many first attempts fail. With `turns`, the entry
+        for this turn (the assistant turns in `messages`) gives its text and tool calls; past the last
+        entry the reply is plain text without calls, so a loop always ends.
         """
         try:
             opts = validate_scripted(options)
         except InvalidOptions as exc:
             raise FatalProviderError(INVALID_OPTIONS, exc.message) from None
-        if "chunks" in opts:
-            chunks: list[str] = opts["chunks"]
-        else:
-            chunks = split_words(opts["text"] if "text" in opts else default_reply(message))
+        turn = turn_index(messages)
+        entry: dict[str, Any] = {}
+        if "turns" in opts and turn < len(opts["turns"]):
+            entry = opts["turns"][turn]
+        calls = [ToolCall(id=call.get("id") or f"call_{uuid.uuid4().hex[:24]}", name=call["name"],
+                          arguments=call["arguments"]) for call in entry.get("tool_calls", ())]
+        chunks = self._chunks(opts, entry, message)
         if "max_tokens" in opts:
             chunks = _capped(chunks, opts["max_tokens"])
         fail_at: int | None = opts.get("fail_at_chunk")
@@ -88,10 +100,24 @@ class ScriptedProvider:
         check_stop(should_stop)
         if fail_at is not None and fail_at >= len(chunks):
             self._maybe_fail(opts, len(chunks), attempt)
+        yield from calls
         yield Usage(
-            prompt_tokens=count_tokens(system_prompt, message),
+            prompt_tokens=count_tokens(system_prompt, message, *history_text(messages)),
             completion_tokens=count_tokens("".join(chunks)),
         )
+
+    @staticmethod
+    def _chunks(opts: dict[str, Any], entry: dict[str, Any], message: str) -> list[str]:
+        """This turn's text: its own, else none for a calling turn, else the options' or the default reply."""
+        if "chunks" in entry:
+            return list(entry["chunks"])
+        if "text" in entry:
+            return split_words(entry["text"])
+        if entry.get("tool_calls"):
+            return []
+        if "chunks" in opts:
+            return list(opts["chunks"])
+        return split_words(opts["text"] if "text" in opts else default_reply(message))
 
     @staticmethod
     def _maybe_fail(opts: dict[str, Any], index: int, attempt: int) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from opentelemetry import context, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from app.llm.base import Delta, Provider, ProviderError, ShouldStop, Stopped, StreamItem, Usage
+from app.llm.base import Delta, Message, Provider, ProviderError, ShouldStop, Stopped, StreamItem, ToolSpec, Usage
 
 CAPTURE_CONTENT_ENV = "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"
 _tracer = trace.get_tracer("app.llm")
@@ -59,6 +59,8 @@ class TracedProvider:
         options: dict[str, Any],
         should_stop: ShouldStop,
         attempt: int,
+        messages: Sequence[Message] = (),
+        tools: Sequence[ToolSpec] = (),
     ) -> Iterator[StreamItem]:
         """Yield the inner provider's items unchanged; the span ends with the stream (or its error)."""
         request_model = model or self.default_model
@@ -77,7 +79,8 @@ class TracedProvider:
         output: list[str] = []
         try:
             items = iter(self.inner.stream(system_prompt=system_prompt, message=message, model=model,
-                                           options=options, should_stop=should_stop, attempt=attempt))
+                                           options=options, should_stop=should_stop, attempt=attempt,
+                                           messages=messages, tools=tools))
             while True:
                 token = context.attach(span_context)
                 try:

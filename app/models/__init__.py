@@ -4,6 +4,7 @@ from app.models.agent import Agent, MaturityLevel
 from app.models.audit import AuditLog
 from app.models.credential import Credential
 from app.models.execution import Execution, ExecutionStatus
+from app.models.tool_call import ToolCall, ToolCallStatus
 from app.models.workspace import ApiKey, Workspace
 
 __all__ = [
@@ -14,5 +15,7 @@ __all__ = [
     "Execution",
     "ExecutionStatus",
     "MaturityLevel",
+    "ToolCall",
+    "ToolCallStatus",
     "Workspace",
 ]

@@ -35,6 +35,7 @@ class Agent(db.Model):  # type: ignore[name-defined,misc]
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="active")
     system_prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
     llm: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False, default=dict)
+    tools: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
     auto_reply: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)

@@ -52,6 +52,9 @@ class Execution(db.Model):  # type: ignore[name-defined,misc]
               postgresql_where=text("status IN ('pending', 'running')"),
               sqlite_where=text("status IN ('pending', 'running')")),
         Index("ix_executions_workspace_created", "workspace_id", "created_at"),  # GET /usage
+        # The sweep that ends pauses past wait_timeout_s reads only paused rows.
+        Index("ix_executions_paused_until", "paused_until",
+              postgresql_where=text("paused_until IS NOT NULL"), sqlite_where=text("paused_until IS NOT NULL")),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
@@ -78,6 +81,14 @@ class Execution(db.Model):  # type: ignore[name-defined,misc]
     task_ids: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     # W3C traceparent of the span that created it (tracing on): a chain sent later (sweep, approval) joins its trace.
     traceparent: Mapped[str | None] = mapped_column(String(55), nullable=True)
+    turns: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    max_turns: Mapped[int] = mapped_column(Integer, nullable=False, default=8)
+    wait_timeout_s: Mapped[int | None] = mapped_column(Integer, nullable=True)  # None: EXECUTION_WAIT_TIMEOUT_S
+    # The conversation of a tool loop so far (assistant turns and tool results), replayed to the next LLM turn.
+    conversation: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    required_action: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    pending_approval: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    paused_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, nullable=False)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

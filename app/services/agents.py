@@ -14,6 +14,7 @@ from app.services import audit, events, inboxes
 from app.services.auth import Principal
 from app.services.errors import NotFound
 from app.services.pagination import newest_first
+from app.services.tools.registration import prepare_tools
 from app.timeutil import iso, utcnow
 
 
@@ -27,6 +28,7 @@ def serialize(agent: Agent) -> dict[str, Any]:
         "system_prompt": agent.system_prompt,
         "llm": agent.llm or {"provider": DEFAULT_PROVIDER},
         "auto_reply": agent.auto_reply,
+        "tools": agent.tools or [],
         "created_at": iso(agent.created_at),
         "updated_at": iso(agent.updated_at),
     }
@@ -65,6 +67,7 @@ def create(principal: Principal, fields: dict[str, Any]) -> Agent:
     transaction holds the workspace's audit chain head, so creations in one workspace overlap at the broker.
     No broker: 503 and no row. A failed commit leaves an unused queue, which is harmless. The returned agent
     is built from the inserted row (not loaded back)."""
+    fields["tools"] = prepare_tools(principal.workspace_id, fields.get("tools"))
     row = _new_row(principal.workspace_id, fields)
     db.session.commit()  # hold no transaction (SQLite: no write lock) while waiting for the broker
     inboxes.declare(row["id"])
@@ -91,6 +94,8 @@ def create_many(principal: Principal, rows: list[dict[str, Any]]) -> list[str]:
 
 def update(principal: Principal, agent_id: str, changes: dict[str, Any]) -> Agent:
     agent = get(principal, agent_id)
+    if "tools" in changes:
+        changes["tools"] = prepare_tools(principal.workspace_id, changes["tools"])
     before = {name: getattr(agent, name) for name in changes}
     for name, value in changes.items():
         setattr(agent, name, value)

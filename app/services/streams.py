@@ -15,7 +15,7 @@ from redis.retry import Retry
 from app.services.process_local import per_process
 
 TERMINAL_EVENTS = frozenset({"completed", "failed", "cancelled", "timed_out", "denied"})
-EVENT_TYPES = frozenset({"status", "delta", "reset"}) | TERMINAL_EVENTS
+EVENT_TYPES = frozenset({"status", "delta", "reset", "tool_call", "tool_result"}) | TERMINAL_EVENTS
 
 # Appends atomically: refuses anything after the terminal event (so a redelivered step cannot emit a second
 # one) and anything from an LLM run that lost its lease (a zombie of a killed worker); numbers events 1, 2, 3.

@@ -1,7 +1,7 @@
 """limits: credential limits, workspace concurrency and daily token budget, max_tokens of an execution
 
 Revision ID: 0005
-Revises: 0003
+Revises: 0004
 Create Date: 2026-12-01 08:40:00
 
 Admission control (docs/decisions.md, "Admission control"): a credential may carry limits {max_concurrency,
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '0005'
-down_revision = '0003'
+down_revision = '0004'
 branch_labels = None
 depends_on = None
 

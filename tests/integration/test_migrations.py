@@ -16,7 +16,7 @@ from coordination.schema import metadata as coordination_metadata
 from tests.support import services
 
 MIGRATIONS = str(Path(__file__).resolve().parent.parent.parent / "migrations")
-TABLES = {"workspaces", "api_keys", "agents", "executions", "audit_log", "credentials", "inbox_messages",
+TABLES = {"workspaces", "api_keys", "agents", "executions", "audit_log", "credentials", "inbox_messages", "tool_calls",
           "dead_letters"}
 
 

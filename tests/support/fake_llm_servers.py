@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from tests.support.loopback_server import LoopbackServer
+
 OPENAI_PATH = "/v1/chat/completions"
 ANTHROPIC_PATH = "/v1/messages"
 
@@ -51,6 +53,11 @@ class Behaviour:
     finish: bool = True  # False: end the body right after the content chunks (no finish, usage or [DONE])
     raw_body: str | None = None  # send this SSE body verbatim (malformed-stream tests)
     content_type: str = "text/event-stream; charset=utf-8"
+    # Tool calls streamed after the text: [{"id", "name", "arguments": JSON text or object}], the arguments
+    # cut into pieces of argument_piece characters; interleave sends the calls' OpenAI deltas round-robin.
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    argument_piece: int = 7
+    interleave: bool = False
 
 
 @dataclass
@@ -248,12 +255,46 @@ def _openai_events(behaviour: Behaviour, model: str, include_usage: bool) -> Eve
         return
     if not behaviour.finish:
         return
-    yield end, _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    for delta in _openai_tool_deltas(behaviour):
+        yield None, _sse({**base, "choices": [{"index": 0, "delta": {"tool_calls": [delta]}, "finish_reason": None}]})
+    reason = "tool_calls" if behaviour.tool_calls else "stop"
+    yield end, _sse({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]})
     if include_usage:
         prompt, completion = behaviour.usage
         usage = {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
         yield None, _sse({**base, "choices": [], "usage": usage})
     yield None, _sse("[DONE]")
+
+
+def _arguments_text(call: dict[str, Any]) -> str:
+    """A scripted call's arguments as the JSON text a model streams."""
+    arguments = call.get("arguments", {})
+    return arguments if isinstance(arguments, str) else json.dumps(arguments)
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    """Cut text into pieces of `size` characters (at least one piece, maybe empty)."""
+    return [text[start:start + size] for start in range(0, len(text), size)] or [""]
+
+
+def _openai_tool_deltas(behaviour: Behaviour) -> Iterator[dict[str, Any]]:
+    """tool_calls deltas: id, type and name first, then the arguments in pieces, keyed by index."""
+    per_call: list[list[dict[str, Any]]] = []
+    for index, call in enumerate(behaviour.tool_calls):
+        first = {"index": index, "id": call["id"], "type": "function",
+                 "function": {"name": call["name"], "arguments": ""}}
+        rest = [{"index": index, "function": {"arguments": piece}}
+                for piece in _pieces(_arguments_text(call), behaviour.argument_piece)]
+        per_call.append([first, *rest])
+    if behaviour.interleave:
+        longest = max((len(deltas) for deltas in per_call), default=0)
+        for position in range(longest):
+            for deltas in per_call:
+                if position < len(deltas):
+                    yield deltas[position]
+    else:
+        for deltas in per_call:
+            yield from deltas
 
 
 def _anthropic_events(behaviour: Behaviour, model: str, include_usage: bool) -> EventIter:
@@ -288,7 +329,16 @@ def _anthropic_events(behaviour: Behaviour, model: str, include_usage: bool) -> 
     if not behaviour.finish:
         return
     yield end, _sse({"type": "content_block_stop", "index": 0}, "content_block_stop")
-    stop = {"stop_reason": "end_turn", "stop_sequence": None}
+    for offset, call in enumerate(behaviour.tool_calls, start=1):
+        start = {"type": "content_block_start", "index": offset,
+                 "content_block": {"type": "tool_use", "id": call["id"], "name": call["name"], "input": {}}}
+        yield None, _sse(start, "content_block_start")
+        for piece in _pieces(_arguments_text(call), behaviour.argument_piece):
+            delta = {"type": "content_block_delta", "index": offset,
+                     "delta": {"type": "input_json_delta", "partial_json": piece}}
+            yield None, _sse(delta, "content_block_delta")
+        yield None, _sse({"type": "content_block_stop", "index": offset}, "content_block_stop")
+    stop = {"stop_reason": "tool_use" if behaviour.tool_calls else "end_turn", "stop_sequence": None}
     yield None, _sse({"type": "message_delta", "delta": stop, "usage": {"output_tokens": completion}}, "message_delta")
     yield None, _sse({"type": "message_stop"}, "message_stop")
 
@@ -304,21 +354,18 @@ class _HTTPServer(ThreadingHTTPServer):
         self.fake = fake
 
 
-class FakeLLMServer:
+class FakeLLMServer(LoopbackServer):
     """The fake upstream: start(), point a provider at openai_base_url / anthropic_base_url, stop()."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None) -> None:
         self.api_key = api_key
-        self.stopping = threading.Event()
         self.requests: list[RecordedRequest] = []
         self._behaviours: list[Behaviour] = [Behaviour()]
         self._lock = threading.Lock()
         self.in_flight = 0
         self.max_in_flight = 0
         self._httpd = _HTTPServer((host, port), self)
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, name="fake-llm", daemon=True
-        )
+        self._serve_in("fake-llm")
 
     @property
     def url(self) -> str:
@@ -386,22 +433,6 @@ class FakeLLMServer:
             time.sleep(0.01)
         return "open"
 
-    def start(self) -> FakeLLMServer:
-        """Serve in a background thread."""
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Wake stalled handlers, stop serving and close the listening socket."""
-        self.stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-
-    def __enter__(self) -> FakeLLMServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 @pytest.fixture

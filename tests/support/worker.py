@@ -21,13 +21,16 @@ from tests.support.processes import stop_group
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).with_name("celery"))
 
-# Fast retries so the transient-failure tests take milliseconds, not seconds.
+# Fast retries so the transient-failure tests take milliseconds, not seconds; webhooks may reach the tests'
+# receivers on loopback, signed with the key those receivers check (tests/support/webhook_receiver.py).
 ALL_QUEUES = "executions,executions.llm"
 GOVERNANCE_QUEUES = "executions"
 LLM_QUEUES = "executions.llm"
 # What the Procfile sets for `worker-llm` (see there): polls sized for 1,000 threads, a bounded DB pool.
 LLM_WORKER_ENV = {"LLM_STOP_POLL_S": "0.25", "DATABASE_POOL_SIZE": "10", "DATABASE_MAX_OVERFLOW": "10"}
-TEST_ENV = {"LLM_RETRY_BASE_S": "0.05", "LLM_RETRY_CAP_S": "0.2", "PYTHONUNBUFFERED": "1"}
+TEST_ENV = {"LLM_RETRY_BASE_S": "0.05", "LLM_RETRY_CAP_S": "0.2", "PYTHONUNBUFFERED": "1",
+            "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1", "WEBHOOK_SIGNING_KEY": "webhook-test-signing-key",
+            "WEBHOOK_RETRY_BASE_S": "0.05", "WEBHOOK_RETRY_CAP_S": "0.2"}
 
 
 def _die_with_parent() -> None:

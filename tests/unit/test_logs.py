@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from app.logs import JsonFormatter, log_context, scrub
+from app.logs import JsonFormatter, clear, log_context, scrub
 
 
 def render(message: str, *args: object, **extra: object) -> dict[str, object]:
@@ -17,6 +17,7 @@ def render(message: str, *args: object, **extra: object) -> dict[str, object]:
 
 
 def test_context_ids_are_on_every_line() -> None:
+    clear()  # an in-process request of an earlier test leaves its ids bound in this thread's context
     with log_context(execution_id="e1", task_id="t1"):
         line = render("step %s", "llm")
     assert line["msg"] == "step llm"

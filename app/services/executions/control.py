@@ -14,6 +14,7 @@ from app.services.executions import state
 from app.services.executions.events import event_log
 from app.services.executions.read import get
 from app.services.executions.requests import Enqueue, bound_enqueue, new_task_ids, start
+from app.services.tools import pauses, resume
 from app.timeutil import iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ def cancel(principal: Principal, execution_id: str) -> Execution:
         raise Conflict(f"execution is already {execution.status}",
                        {"execution_id": execution.id, "status": execution.status})
     event_log().request_cancel(execution.id)
+    pauses.cancel_calls(execution.id, principal.actor)  # a pause's pending calls end with it (same transaction)
     ended = state.move(
         execution.id, S.CANCELLED, actor=principal.actor, from_statuses=ENDED_BY_CANCEL,
         values={"cancel_requested_at": utcnow(), "error_code": "cancelled",
@@ -62,6 +64,8 @@ def _revoke(task_ids: list[str]) -> None:
 def approve(principal: Principal, execution_id: str, *, enqueue: Enqueue | None = None) -> Execution:
     """awaiting_approval -> pending, then the chain is enqueued (after commit); a second approve is 409."""
     execution = get(principal, execution_id)
+    if execution.pending_approval:  # paused on tool calls: run them (DESIGN.md, Tools)
+        return resume.decide_approval(principal, execution, approve=True)
     moved = state.move(
         execution.id, S.PENDING, actor=principal.actor, from_statuses=[S.AWAITING_APPROVAL],
         values={"task_ids": new_task_ids(),
@@ -80,6 +84,8 @@ def approve(principal: Principal, execution_id: str, *, enqueue: Enqueue | None 
 def reject(principal: Principal, execution_id: str) -> Execution:
     """awaiting_approval -> denied (terminal)."""
     execution = get(principal, execution_id)
+    if execution.pending_approval:  # paused on tool calls: they get a `rejected` result and the loop goes on
+        return resume.decide_approval(principal, execution, approve=False)
     ended = state.move(
         execution.id, S.DENIED, actor=principal.actor, from_statuses=[S.AWAITING_APPROVAL],
         values={"error_code": "rejected", "error_message": f"rejected by {principal.actor}"},

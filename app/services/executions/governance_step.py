@@ -19,7 +19,7 @@ def run(execution_id: str) -> dict[str, Any]:
     started = iso(utcnow())
     # The execution and its agent in one round trip, as plain columns (no ORM objects on the allowed path).
     found = db.session.execute(
-        select(Execution.status, Execution.action, Execution.governance, Agent.id.label("agent_id"),
+        select(Execution.status, Execution.action, Execution.governance, Execution.steps, Agent.id.label("agent_id"),
                Agent.status.label("agent_status"), Agent.deleted_at, Agent.maturity_level, Agent.llm,
                Agent.system_prompt)
         .select_from(Execution).outerjoin(Agent, Agent.id == Execution.agent_id).where(Execution.id == execution_id)
@@ -49,6 +49,6 @@ def run(execution_id: str) -> dict[str, Any]:
         return skipped(execution_id, "awaiting_approval")
     return {
         "execution_id": execution_id,
-        "steps": [step_record("governance", "completed", started)],
+        "steps": [*(found.steps or []), step_record("governance", "completed", started)],  # earlier tool-loop turns
         "agent": {"llm": found.llm or {}, "system_prompt": found.system_prompt},
     }

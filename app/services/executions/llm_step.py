@@ -16,7 +16,16 @@ from typing import Any
 from sqlalchemy import Row, func, update
 
 from app.extensions import db
-from app.llm import Delta, FatalProviderError, Provider, ProviderError, Stopped, TransientProviderError, Usage
+from app.llm import (
+    Delta,
+    FatalProviderError,
+    Provider,
+    ProviderError,
+    Stopped,
+    ToolCall,
+    TransientProviderError,
+    Usage,
+)
 from app.llm.stopping import wait_or_stop
 from app.metrics import LLM_FIRST_DELTA, LLM_SECONDS, LLM_TOKENS
 from app.models import Agent, ExecutionStatus
@@ -27,6 +36,7 @@ from app.services.executions import llm_config, state
 from app.services.executions.events import event_log
 from app.services.executions.llm_run import LlmSettings, Lost, Run, claim
 from app.services.executions.step_support import ACTOR, is_infrastructure_error, skipped, step_record
+from app.services.tools import turns
 from app.timeutil import as_utc, iso, utcnow
 
 log = logging.getLogger(__name__)
@@ -147,6 +157,7 @@ def _stream_with_retries(
     resolved = llm_config.resolve(execution.workspace_id, agent, settings.timeouts)
     resolved = replace(resolved, options=with_max_tokens(resolved.provider.name, resolved.options,
                                                          execution.max_tokens))
+    extras = turns.stream_extras(execution.id)  # a tool loop's conversation so far and the agent's tools
     db.session.commit()  # hold no transaction (or connection) while streaming
     credential_id = (agent.get("llm") or {}).get("credential_id")
     estimate = admission.estimate_tokens(system_prompt=resolved.system_prompt, message=execution.message,
@@ -154,13 +165,17 @@ def _stream_with_retries(
     rate_limited_waits = 0
     while True:
         parts: list[str] = []
+        calls: list[ToolCall] = []
         try:
             reservation = admission.acquire_for_llm(execution.id, est_tokens=estimate,
                                                     remaining_s=llm_run.deadline - time.monotonic(),
                                                     should_stop=llm_run.should_stop)
-            usage = _stream_once(resolved, llm_run, parts, message=execution.message, attempt=attempt)
+            usage = _stream_once(resolved, llm_run, parts, message=execution.message, attempt=attempt,
+                                 extras=extras, calls=calls)
             admission.release(reservation, workspace_id=execution.workspace_id, **usage)
-            return {"outcome": "completed", "output": "".join(parts), "usage": usage, "error": None}
+            return {"outcome": "completed", "output": "".join(parts), "usage": usage, "error": None,
+                    **({"tool_calls": turns.calls_of(calls)} if calls else {}),
+                    **({"tool_loop": True} if extras else {})}
         except Stopped:
             return _stopped(llm_run, parts)
         except TransientProviderError as exc:
@@ -186,7 +201,7 @@ def _stream_with_retries(
 
 
 def _stream_once(resolved: llm_config.Resolved, llm_run: Run, parts: list[str], *, message: str,
-                 attempt: int) -> dict[str, int]:
+                 attempt: int, extras: dict[str, Any], calls: list[ToolCall]) -> dict[str, int]:
     """One provider attempt: each delta goes to the event log as it arrives."""
     provider: Provider = resolved.provider
     usage = {"prompt_tokens": 0, "completion_tokens": 0}
@@ -194,12 +209,15 @@ def _stream_once(resolved: llm_config.Resolved, llm_run: Run, parts: list[str], 
     outcome = "error"
     try:
         for item in provider.stream(system_prompt=resolved.system_prompt, message=message, model=resolved.model,
-                                    options=resolved.options, should_stop=llm_run.should_stop, attempt=attempt):
+                                    options=resolved.options, should_stop=llm_run.should_stop, attempt=attempt,
+                                    **extras):
             if isinstance(item, Delta):
                 if not parts:
                     LLM_FIRST_DELTA.labels(provider.name).observe(time.perf_counter() - started)
                 llm_run.emit("delta", {"text": item.text})
                 parts.append(item.text)
+            elif isinstance(item, ToolCall):
+                calls.append(item)
             elif isinstance(item, Usage):
                 usage = {"prompt_tokens": item.prompt_tokens, "completion_tokens": item.completion_tokens}
         outcome = "completed"

@@ -13,6 +13,7 @@ from app.models import Execution, ExecutionStatus
 from app.services.executions import state
 from app.services.executions.events import emit_terminal, event_log
 from app.services.executions.step_support import ACTOR, skipped, step_record
+from app.services.tools import turns
 from app.timeutil import iso, utcnow
 
 OUTCOME_AUDIT: dict[str, list[tuple[str, str]]] = {
@@ -35,6 +36,8 @@ def run(result: dict[str, Any]) -> dict[str, Any]:
     holder = event_log().current_run(execution_id)
     if holder is not None and holder != result.get("run"):
         return skipped(execution_id, "a newer LLM run owns it")
+    if (handed_off := turns.after_llm_turn(result)) is not None:  # the turn called tools: the loop goes on
+        return handed_off
     outcome = ExecutionStatus(str(result["outcome"]))
     usage = result.get("usage") or {}
     error = result.get("error")
@@ -43,8 +46,10 @@ def run(result: dict[str, Any]) -> dict[str, Any]:
         execution_id, outcome, actor=ACTOR, from_statuses=[ExecutionStatus.RUNNING],
         values={
             "output": result.get("output") or "",
-            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
-            "completion_tokens": int(usage.get("completion_tokens", 0)),
+            # summed over the turns of a tool loop (a single-turn execution starts from 0)
+            "prompt_tokens": state.EXECUTIONS.c.prompt_tokens + int(usage.get("prompt_tokens", 0)),
+            "completion_tokens": state.EXECUTIONS.c.completion_tokens + int(usage.get("completion_tokens", 0)),
+            "turns": state.EXECUTIONS.c.turns + 1,
             "error_code": error["code"] if error else None,
             "error_message": error["message"] if error else None,
             "steps": [*(result.get("steps") or []), result["llm_step"], step_record("persist", "completed", started)],
@@ -53,7 +58,8 @@ def run(result: dict[str, Any]) -> dict[str, Any]:
     )  # the terminal event it emits also drops the LLM run's lease
     if row is None:
         return _already_final(execution_id)
-    return {"execution_id": execution_id, "status": outcome.value, "reply": _answers_a_message(row.metadata)}
+    return {"execution_id": execution_id, "status": outcome.value, "reply": _answers_a_message(row.metadata),
+            "tool_call": bool((row.metadata or {}).get("tool_call"))}
 
 
 def _already_final(execution_id: str) -> dict[str, Any]:
@@ -69,7 +75,8 @@ def _already_final(execution_id: str) -> dict[str, Any]:
     db.session.rollback()
     if not status.terminal:
         return skipped(execution_id, f"status {status.value}")
-    return {"execution_id": execution_id, "status": status.value, "reply": _answers_a_message(meta)}
+    return {"execution_id": execution_id, "status": status.value, "reply": _answers_a_message(meta),
+            "tool_call": bool((meta or {}).get("tool_call"))}
 
 
 def _answers_a_message(meta: dict[str, Any] | None) -> bool:

@@ -13,6 +13,7 @@ from app.services.auth import Principal
 from app.services.errors import NotFound, ValidationFailed
 from app.services.executions.events import error_of
 from app.services.pagination import newest_first
+from app.services.tools.view import execution_fields as tool_fields
 from app.timeutil import iso
 
 
@@ -35,6 +36,7 @@ def serialize(execution: Execution) -> dict[str, Any]:
         "created_at": iso(execution.created_at),
         "started_at": iso(execution.started_at),
         "finished_at": iso(execution.finished_at),
+        **tool_fields(execution),
     }
 
 

@@ -48,6 +48,8 @@ class ExecutionRequest:
     timeout_s: int
     metadata: dict[str, Any] | None
     max_tokens: int | None = None
+    max_turns: int = 8  # the tool loop's LLM turns (DESIGN.md, Tools)
+    wait_timeout_s: int | None = None  # each pause's bound (None: EXECUTION_WAIT_TIMEOUT_S)
 
     def as_dict(self) -> dict[str, Any]:
         body = {
@@ -56,6 +58,8 @@ class ExecutionRequest:
             "action": self.action,
             "timeout_s": self.timeout_s,
             "metadata": self.metadata,
+            **({"max_turns": self.max_turns} if self.max_turns != 8 else {}),
+            **({"wait_timeout_s": self.wait_timeout_s} if self.wait_timeout_s is not None else {}),
         }
         if self.max_tokens is not None:  # only when set: older Idempotency-Keys keep their request hash
             body["max_tokens"] = self.max_tokens
@@ -126,6 +130,8 @@ def request(
         stream=body.stream,
         timeout_s=body.timeout_s,
         max_tokens=body.max_tokens,
+        max_turns=body.max_turns,
+        wait_timeout_s=body.wait_timeout_s,
         meta=body.metadata,
         governance=decision.as_dict(),
         idempotency_key=idempotency_key,

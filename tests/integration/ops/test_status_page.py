@@ -1,4 +1,5 @@
-"""A person's view: the status page, in headless Chromium, streams an execution's text live and shows the inbox."""
+"""A person's view: the status page, in headless Chromium, streams an execution's text live, shows the inbox, and
+shows tool calls a person approves."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from flask import Flask
 
 from tests.support.api import ApiClient
 from tests.support.browser import Browser
 from tests.support.web import WebProcess
+from tests.support.webhook_receiver import WebhookReceiver
 from tests.support.worker import WorkerProcess
 
 STORY = "Streamed all the way into the browser, word by word."
@@ -56,3 +59,24 @@ def test_page_streams_an_execution_live(web: WebProcess, wapi: ApiClient) -> Non
     width, height = png_size(shot)
     assert width == 1200 and height > 500
     assert len(shot) > 10_000  # a rendered page, not a blank frame
+
+
+def test_page_shows_tool_calls_and_approves(web: WebProcess, wapi: ApiClient, pg_app: Flask,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(pg_app.config, "WEBHOOK_ALLOWED_HOSTS", "127.0.0.1")
+    with WebhookReceiver() as receiver:
+        tool = {"name": "open_ticket", "action": "create", "kind": "webhook", "url": receiver.url}
+        turns = [{"tool_calls": [{"name": "open_ticket", "arguments": {"title": "printer"}}]}, {"text": "Opened."}]
+        agent = wapi.create_agent(name="helpdesk", maturity_level="INTERN", tools=[tool],
+                                  llm={"provider": "scripted", "options": {"turns": turns}})
+        with Browser() as browser:
+            browser.navigate(f"{web.url}/#key={wapi.key}&agent={agent['id']}&message=help&run=1")
+            browser.wait_for("document.getElementById('status').textContent === 'awaiting_approval'", timeout=30)
+            browser.wait_for("getComputedStyle(document.getElementById('decide')).display === 'block'", timeout=10)
+            assert "open_ticket" in browser.evaluate("document.getElementById('calls').textContent")
+            assert receiver.received == []
+            browser.evaluate("document.getElementById('approve').click()")
+            browser.wait_for("document.getElementById('status').textContent === 'completed'", timeout=30)
+            browser.wait_for("document.getElementById('calls').textContent.includes('completed')", timeout=10)
+            assert browser.evaluate("document.getElementById('output').textContent") == "Opened."
+        assert len(receiver.received) == 1

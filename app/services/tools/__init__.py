@@ -1,0 +1,1 @@
+"""Agent tools: declarations checked on registration, argument checks, the SSRF guard and the webhook client."""
