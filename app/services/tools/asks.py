@@ -13,7 +13,6 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from coordination.envelope import next_hop
 from flask import current_app
 
 from app.extensions import db
@@ -22,6 +21,7 @@ from app.services.errors import GovernanceDenied, ServiceError
 from app.services.tools import ledger
 from app.services.tools.events import emit
 from app.services.tools.runner import Caller, audit_finished, result_event
+from coordination.envelope import next_hop
 
 log = logging.getLogger(__name__)
 
