@@ -68,14 +68,16 @@ class Tally:
 
     answers: Counter[str] = field(default_factory=Counter)
     slowest_503_s: dict[str, float] = field(default_factory=dict)
+    slowest_any: dict[str, float] = field(default_factory=dict)
     over_bound: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
 
     def saw(self, endpoint: str, status: int, seconds: float, body: Any) -> None:
         self.answers[f"{endpoint}_{status}"] += 1
+        self.slowest_any[endpoint] = round(max(self.slowest_any.get(endpoint, 0.0), seconds), 3)
+        self.over_bound += seconds > BOUND_S  # an accepted request that hung past the bound is as bad as a slow 503
         if status == 503:
             self.slowest_503_s[endpoint] = round(max(self.slowest_503_s.get(endpoint, 0.0), seconds), 3)
-            self.over_bound += seconds > BOUND_S
             self.reasons[str((body or {}).get("error", {}).get("details", {}).get("reason"))] += 1
 
 
@@ -98,7 +100,7 @@ def timed_post(api: ApiClient, path: str, body: dict[str, Any], headers: dict[st
 
 
 @pytest.mark.parametrize("operations,steps", [
-    pytest.param(60, [("memory", 4.0, 1.0)], id="quick"),
+    pytest.param(60, [("memory", 8.0, 1.0)], id="quick"),  # long enough for every lane to meet it under load
     pytest.param(1500, [("memory", 8.0, 4.0), ("disk", 8.0, 4.0), ("memory", 5.0, 2.0), ("disk", 5.0, 2.0)],
                  id="long", marks=pytest.mark.slow),
 ])
