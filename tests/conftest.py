@@ -15,7 +15,8 @@ from tests.support.api import ApiClient, new_workspace_client
 
 # Fixture modules registered once for the whole suite (the real LLM test servers; coordination's brokers and
 # databases), instead of re-exported by a conftest in every folder that uses them.
-pytest_plugins = ["tests.support.fake_llm_servers", "tests.integration.coordination.helpers", "tests.support.tracing"]
+pytest_plugins = ["tests.support.fake_llm_servers", "tests.integration.coordination.helpers", "tests.support.tracing",
+                  "tests.support.webhook_receiver", "tests.support.tools"]
 
 MIGRATIONS = str(Path(__file__).resolve().parent.parent / "migrations")
 

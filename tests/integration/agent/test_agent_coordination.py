@@ -25,8 +25,10 @@ from app import create_app
 from app.extensions import db
 from coordination import schema
 from coordination.topology import AGENTS_EXCHANGE
+from tests.integration.agent.test_agent_execution_orchestration import events, execute, wait_status
 from tests.integration.coordination.test_stalled_broker import StallingProxy
 from tests.support.api import ApiClient, new_workspace_client
+from tests.support.tools import call_id, tool_agent
 from tests.support.web import WebProcess
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -472,3 +474,25 @@ def test_streams_under_gunicorn_gevent(pg_app: Flask, pg_url: str, broker_url: s
             assert next(line for line in event_lines if line.startswith(":")) == ": heartbeat"
     finally:
         web.stop()
+
+
+# --- agent tools: an execution asks another agent over its confirmed inbox queue (DESIGN.md, "Tools") ----------
+
+def test_agent_tool_asks_another_agent(wapi: ApiClient) -> None:
+    helper = wapi.create_agent(llm={"provider": "scripted", "options": {"text": "Paris, of course.",
+                                                                         "chunk_delay_ms": 300}})
+    ask = {"name": "ask_helper", "action": "chat", "kind": "agent", "agent_id": helper["id"]}
+    first = call_id()
+    agent = tool_agent(wapi, [ask], [
+        {"tool_calls": [{"name": "ask_helper", "arguments": {"question": "Capital of France?"}, "id": first}]},
+        {"text": "The helper says Paris."},
+    ])
+    execution_id = execute(wapi, agent["id"])["execution_id"]
+    done = wait_status(wapi, execution_id)
+    assert done["status"] == "completed", done
+    (row,) = done["tool_calls"]
+    assert row["status"] == "completed" and row["output"] == "Paris, of course."
+    inbox = wapi.get(f"/agents/{helper['id']}/messages").get_json()["messages"]
+    assert [(message["correlation_id"], message["hop"]) for message in inbox] == [(first, 1)]
+    statuses = [event.data["status"] for event in events(wapi, execution_id) if event.event == "status"]
+    assert "waiting" in statuses

@@ -22,6 +22,8 @@ from tests.support import services
 from tests.support.api import ApiClient, new_workspace_client
 from tests.support.fake_llm_servers import Behaviour, FakeLLMServer
 from tests.support.sse import SseEvent, heartbeats, iter_events, parse, text_of
+from tests.support.tools import call_id, client_tool, tool_agent, webhook_tool
+from tests.support.webhook_receiver import WebhookReceiver
 from tests.support.worker import WorkerProcess
 
 TERMINAL = {"completed", "failed", "cancelled", "timed_out", "denied"}
@@ -648,3 +650,124 @@ def test_worker_killed_mid_llm_completes_exactly_once(
     assert actions.count("llm.started") == 1
     assert actions.count("llm.retried") == 1
     assert api.get("/audit/verify").get_json()["ok"] is True
+
+
+# --- the tool loop (DESIGN.md, "Tools"): webhook, client tool, approval, rejection, denial ---------------------
+# More cases (invalid arguments, max_turns, pauses, openai, redelivery) are in tests/integration/tools/.
+
+@pytest.mark.usefixtures("loopback_webhooks")
+def test_webhook_tool_loop_end_to_end(wapi: ApiClient, webhook_receiver: WebhookReceiver) -> None:
+    first = call_id()
+    agent = tool_agent(wapi, [webhook_tool(webhook_receiver)], [
+        {"text": "Let me look.", "tool_calls": [{"name": "lookup", "arguments": {"q": "weather"}, "id": first}]},
+        {"text": "It is sunny."},
+    ])
+    started = execute(wapi, agent["id"])
+    done = wait_status(wapi, started["execution_id"])
+    assert done["status"] == "completed", done
+    assert done["output"] == "It is sunny."
+    assert done["turns"] == 2
+    assert [step["name"] for step in done["steps"]] == ["governance", "llm", "tools", "governance", "llm", "persist"]
+    (row,) = done["tool_calls"]
+    assert row["tool_call_id"] == first and row["status"] == "completed" and row["turn"] == 0
+    assert row["output"] == {"ok": True, "name": "lookup", "arguments": {"q": "weather"}}
+    assert done["required_action"] is None and done["pending_approval"] is None
+    assert webhook_receiver.per_key == {first: 1}
+    assert webhook_receiver.received[0].signature_ok
+    stream = events(wapi, started["execution_id"])
+    names = [event.event for event in stream]
+    assert names.index("tool_call") < names.index("tool_result") < names.index("completed")
+    assert [event.id for event in stream] == list(range(1, len(stream) + 1))
+    actions = audit_actions(wapi, started["execution_id"])
+    for action in ("tool.requested", "tool.allowed", "tool.completed", "execution.completed"):
+        assert action in actions
+    single = tool_agent(wapi, [], [{"text": "It is sunny."}])
+    alone = wait_status(wapi, execute(wapi, single["id"])["execution_id"])
+    assert done["usage"]["prompt_tokens"] > alone["usage"]["prompt_tokens"], "usage is summed over turns"
+
+
+@pytest.mark.usefixtures("loopback_webhooks")
+def test_client_tool_pauses_and_tool_outputs_resume(wapi: ApiClient) -> None:
+    ids = [call_id(), call_id()]
+    agent = tool_agent(wapi, [client_tool()], [
+        {"tool_calls": [{"name": "confirm", "arguments": {"n": 1}, "id": ids[0]},
+                        {"name": "confirm", "arguments": {"n": 2}, "id": ids[1]}]},
+        {"text": "Thanks."},
+    ])
+    execution_id = execute(wapi, agent["id"])["execution_id"]
+    paused = wait_status(wapi, execution_id, "requires_action")
+    assert paused["required_action"] == {"tool_calls": [{"id": ids[0], "name": "confirm", "arguments": {"n": 1}},
+                                                        {"id": ids[1], "name": "confirm", "arguments": {"n": 2}}]}
+    path = f"/executions/{execution_id}/tool_outputs"
+    for body in ({"tool_outputs": [{"tool_call_id": ids[0], "output": "yes"}]},
+                 {"tool_outputs": [{"tool_call_id": ids[0], "output": "yes"}, {"tool_call_id": "nope", "output": 1},
+                                   {"tool_call_id": ids[1], "output": 2}]},
+                 {"tool_outputs": [{"tool_call_id": ids[0], "output": 1}, {"tool_call_id": ids[0], "output": 1},
+                                   {"tool_call_id": ids[1], "output": 2}]}):
+        response = wapi.post(path, json=body)
+        assert response.status_code == 409, response.get_json()
+    for bad in ({}, {"tool_outputs": []}, {"tool_outputs": [{"tool_call_id": ids[0]}]}, {"tool_outputs": "x"}):
+        assert wapi.post(path, json=bad).status_code == 422
+    assert get(wapi, execution_id)["status"] == "requires_action"
+    answer = {"tool_outputs": [{"tool_call_id": ids[0], "output": "yes"},
+                               {"tool_call_id": ids[1], "output": {"confirmed": True}}]}
+    response = wapi.post(path, json=answer)
+    assert response.status_code == 200, response.get_json()
+    assert wapi.post(path, json=answer).status_code == 409, "answered twice"
+    done = wait_status(wapi, execution_id)
+    assert done["status"] == "completed" and done["output"] == "Thanks."
+    assert [row["output"] for row in done["tool_calls"]] == ["yes", {"confirmed": True}]
+    assert "tool.output_submitted" in audit_actions(wapi, execution_id)
+    stream = events(wapi, execution_id)
+    statuses = [event.data["status"] for event in stream if event.event == "status"]
+    assert statuses == ["pending", "running", "requires_action", "running", "pending", "running"]
+
+
+@pytest.mark.usefixtures("loopback_webhooks")
+def test_approval_runs_the_call_and_a_second_approve_is_409(wapi: ApiClient,
+                                                              webhook_receiver: WebhookReceiver) -> None:
+    first = call_id()
+    agent = tool_agent(wapi, [webhook_tool(webhook_receiver, "open_ticket", "create")], [
+        {"tool_calls": [{"name": "open_ticket", "arguments": {"q": "printer"}, "id": first}]}, {"text": "Opened."},
+    ], maturity="INTERN")
+    execution_id = execute(wapi, agent["id"])["execution_id"]
+    paused = wait_status(wapi, execution_id, "awaiting_approval")
+    assert paused["pending_approval"] == {"tool_calls": [{"id": first, "name": "open_ticket",
+                                                         "arguments": {"q": "printer"}}]}
+    assert webhook_receiver.received == []
+    assert wapi.post(f"/executions/{execution_id}/approve").status_code == 202
+    assert wapi.post(f"/executions/{execution_id}/approve").status_code == 409
+    done = wait_status(wapi, execution_id)
+    assert done["status"] == "completed", done
+    assert done["tool_calls"][0]["status"] == "completed"
+    assert webhook_receiver.per_key == {first: 1}
+    actions = audit_actions(wapi, execution_id)
+    assert "tool.approval_required" in actions and "tool.approved" in actions
+
+
+@pytest.mark.usefixtures("loopback_webhooks")
+def test_rejection_gives_the_llm_a_rejected_result(wapi: ApiClient, webhook_receiver: WebhookReceiver) -> None:
+    agent = tool_agent(wapi, [webhook_tool(webhook_receiver, "open_ticket", "create")], [
+        {"tool_calls": [{"name": "open_ticket", "arguments": {"q": "printer"}, "id": call_id()}]},
+        {"text": "Not allowed, then."},
+    ], maturity="INTERN")
+    execution_id = execute(wapi, agent["id"])["execution_id"]
+    wait_status(wapi, execution_id, "awaiting_approval")
+    assert wapi.post(f"/executions/{execution_id}/reject").status_code in (200, 202)
+    done = wait_status(wapi, execution_id)
+    assert done["status"] == "completed" and done["output"] == "Not allowed, then."
+    assert done["tool_calls"][0]["status"] == "rejected"
+    assert done["tool_calls"][0]["error"]["code"] == "rejected"
+    assert webhook_receiver.received == []
+    assert "tool.rejected" in audit_actions(wapi, execution_id)
+
+
+@pytest.mark.usefixtures("loopback_webhooks")
+def test_denied_calls_are_answered_and_the_loop_goes_on(wapi: ApiClient, webhook_receiver: WebhookReceiver) -> None:
+    agent = tool_agent(wapi, [webhook_tool(webhook_receiver, "wipe", "delete")], [
+        {"tool_calls": [{"name": "wipe", "arguments": {"q": "all"}, "id": call_id()}]}, {"text": "I may not."},
+    ], maturity="STUDENT")
+    done = wait_status(wapi, execute(wapi, agent["id"], action="read")["execution_id"])
+    assert done["status"] == "completed" and done["output"] == "I may not."
+    assert done["tool_calls"][0]["status"] == "denied"
+    assert webhook_receiver.received == []
