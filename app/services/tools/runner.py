@@ -9,6 +9,7 @@ from typing import Any
 
 from flask import current_app
 
+from app import tracing
 from app.extensions import db
 from app.llm.base import ShouldStop
 from app.models import ToolCall, ToolCallStatus
@@ -62,12 +63,16 @@ def run_webhook(caller: Caller, row: ToolCall, tool: dict[str, Any], *, settings
         db.session.rollback()
         return False
     db.session.commit()  # the running mark (and attempts) survive a worker kill; no transaction while calling
-    outcome = call_webhook(
-        WebhookCall(url=str(tool["url"]), execution_id=caller.execution_id, agent_id=caller.agent_id,
-                    tool_call_id=tool_call_id, name=row.name, arguments=row.arguments,
-                    timeout_s=float(tool.get("timeout_s") or 30)),
-        settings, should_stop=should_stop,
-    )
+    # Governance allowed it (or a person approved it): one span per call, the webhook's HTTP request under it.
+    with tracing.tool_span(row.name, "webhook", "allowed", tool_call_id=tool_call_id,
+                           arguments=row.arguments) as span:
+        outcome = call_webhook(
+            WebhookCall(url=str(tool["url"]), execution_id=caller.execution_id, agent_id=caller.agent_id,
+                        tool_call_id=tool_call_id, name=row.name, arguments=row.arguments,
+                        timeout_s=float(tool.get("timeout_s") or 30)),
+            settings, should_stop=should_stop,
+        )
+        span.set_attribute("agent_runtime.tool.status", "completed" if outcome.error is None else "failed")
     if not ledger.finish(caller.execution_id, tool_call_id, output=outcome.output, error=outcome.error):
         db.session.rollback()
         return False

@@ -22,7 +22,9 @@ from tests.support import services
 from tests.support.api import new_workspace_client
 from tests.support.fake_llm_servers import FakeLLMServer
 from tests.support.otlp_receiver import OtlpReceiver, Span
+from tests.support.tools import webhook_tool
 from tests.support.web import WebProcess
+from tests.support.webhook_receiver import WebhookReceiver
 from tests.support.worker import WorkerProcess
 
 SECRET = "sk-test-" + uuid.uuid4().hex + "TRACEKEY"
@@ -42,7 +44,8 @@ def stack(pg_app: Flask, pg_url: str, redis_url: str, tmp_path_factory: pytest.T
     """Web and worker on a vhost of their own (no untraced session worker takes the tasks), tracing to a receiver."""
     logs = tmp_path_factory.mktemp("tracing")
     with services.rabbitmq_vhost(services.run_token()) as broker_url, OtlpReceiver() as receiver:
-        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "MAX_HOPS": "2"}
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "100", "MAX_HOPS": "2",
+               "WEBHOOK_ALLOWED_HOSTS": "127.0.0.1"}
         worker = WorkerProcess(database_url=pg_url, broker_url=broker_url, redis_url=redis_url,
                                log_path=logs / "worker.log",
                                extra_env={**env, "OTEL_SERVICE_NAME": "agent-runtime-worker"}).start()
@@ -166,3 +169,41 @@ def test_an_execution_answering_an_agent_is_its_own_trace_linked_to_the_asker(st
     assert root["links"][0]["trace_id"] == first
     second = in_trace(stack.receiver.wait_for(chain_done(root["trace_id"])), root["trace_id"])
     assert {span["service"] for span in named(second, "run/executions.llm")} == {"agent-runtime-worker"}
+
+
+def test_an_execution_with_two_tool_turns_is_one_trace_with_every_turn_and_call(
+        stack: Stack, webhook_receiver: WebhookReceiver) -> None:
+    """Turn 1 and turn 2 each call the webhook, turn 3 answers: one trace holds the POST, every task of every turn
+    (three LLM steps, two tools steps), the three LLM spans and one span per tool call, the webhook's HTTP call
+    under its tool span."""
+    turns = [{"tool_calls": [{"name": "lookup", "arguments": {"q": "one"}, "id": "call_turn_one"}]},
+             {"tool_calls": [{"name": "lookup", "arguments": {"q": "two"}, "id": "call_turn_two"}]},
+             {"text": "Both looked up."}]
+    agent = create_agent(stack.http, tools=[webhook_tool(webhook_receiver)],
+                         llm={"provider": "scripted", "options": {"turns": turns}})
+    response = stack.http.post(f"/agents/{agent['id']}/execute", json={"message": "look twice"})
+    assert response.status_code == 200, response.text
+    trace_id = response.headers["traceparent"].split("-")[1]
+    execution = wait_finished(stack.http, response.json()["execution_id"])
+    assert execution["status"] == "completed" and execution["turns"] == 3, execution
+
+    def whole_loop(spans: list[Span]) -> bool:
+        mine = in_trace(spans, trace_id)
+        return (len(named(mine, "run/executions.llm")) == 3 and len(named(mine, "run/executions.tools")) == 2
+                and len(named(mine, "execute_tool lookup")) == 2 and len(named(mine, "run/executions.persist")) >= 1)
+
+    spans = in_trace(stack.receiver.wait_for(whole_loop), trace_id)
+    by_id = {span["span_id"]: span for span in spans}
+    assert [span for span in spans if span["kind"] == SERVER and "execute" in span["name"]], "the POST"
+    llm_spans = [span for span in spans if span["name"].startswith("chat ")]
+    assert len(llm_spans) == 3
+    assert all(span["attributes"]["gen_ai.system"] == "scripted" for span in llm_spans)
+    assert all("gen_ai.usage.input_tokens" in span["attributes"] for span in llm_spans)
+    tools = named(spans, "execute_tool lookup")
+    assert sorted(span["attributes"]["gen_ai.tool.call.id"] for span in tools) == ["call_turn_one", "call_turn_two"]
+    for span in tools:
+        assert span["attributes"]["agent_runtime.governance.decision"] == "allowed"
+        assert span["attributes"]["agent_runtime.tool.status"] == "completed"
+        assert by_id[span["parent_span_id"]]["name"] == "run/executions.tools"
+        assert "gen_ai.tool.call.arguments" not in span["attributes"]  # no arguments without the opt-in
+    assert webhook_receiver.per_key == {"call_turn_one": 1, "call_turn_two": 1}
