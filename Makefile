@@ -43,7 +43,7 @@ test: install services browser  ## Unit, integration (real PostgreSQL, RabbitMQ,
 	$(VENV)/bin/pytest -m "not slow"
 
 chaos: install services  ## Fault injection, quick and long runs (worker/mailbox kills, broker/Redis restarts, DB cut, poison, broker alarms, 3-node cluster node loss, a worker host cut off)
-	$(VENV)/bin/pytest tests/chaos -s -m "slow or not slow"
+	$(VENV)/bin/pytest tests/chaos tests/property_tests/tools/test_tool_loop_kills.py -s -m "slow or not slow"
 
 lint: install  ## ruff and mypy
 	$(VENV)/bin/ruff check .
