@@ -23,7 +23,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter
-from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app.llm import traced
@@ -44,6 +44,11 @@ INSTRUMENTATIONS = frozenset({"flask", "celery", "httpx", "psycopg", "redis"})
 DEFAULT_INSTRUMENTATIONS = "flask,celery,httpx"
 
 _tracer = trace.get_tracer("app.tracing")
+
+
+def tracer() -> trace.Tracer:
+    """The project's tracer (app/tool_spans.py opens its spans with it)."""
+    return _tracer
 _propagator = TraceContextTextMapPropagator()
 _lock = ForkSafeLock()
 
@@ -329,46 +334,3 @@ def linked_trace(name: str, *, traceparent: str | None = None, **attributes: Any
     with _tracer.start_as_current_span(name, context=Context(), links=links, kind=SpanKind.INTERNAL,
                                        attributes=attributes):
         yield
-
-
-# -- tool calls ----------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def tool_span(name: str, kind: str, decision: str, *, tool_call_id: str | None = None,
-              arguments: Any = None) -> Iterator[trace.Span]:
-    """One span per tool call, for the tool loop: `execute_tool {name}` with the governance decision.
-
-    Use: `with tool_span(tool.name, tool.kind, decision.outcome, tool_call_id=call.id) as span: ...`; an exception
-    leaving the block marks the span failed. Set `agent_runtime.tool.status` on the span when the call ends
-    otherwise (denied, rejected, requires_action). Arguments are recorded only with
-    OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true. Tracing off: a non-recording span, nothing paid.
-    """
-    if not enabled():
-        yield trace.INVALID_SPAN
-        return
-    attributes: dict[str, Any] = {
-        "gen_ai.operation.name": "execute_tool",
-        "gen_ai.tool.name": name,
-        "gen_ai.tool.type": kind,
-        "agent_runtime.tool.kind": kind,
-        "agent_runtime.governance.decision": decision,
-    }
-    if tool_call_id:
-        attributes["gen_ai.tool.call.id"] = tool_call_id
-    if arguments is not None and traced.capture_content():
-        attributes["gen_ai.tool.call.arguments"] = arguments if isinstance(arguments, str) else _json(arguments)
-    with _tracer.start_as_current_span(f"execute_tool {name}", kind=SpanKind.INTERNAL, attributes=attributes,
-                                       record_exception=False, set_status_on_exception=False) as span:
-        try:
-            yield span
-        except BaseException as exc:
-            span.set_attribute("error.type", type(exc).__qualname__)
-            span.set_status(Status(StatusCode.ERROR, type(exc).__qualname__))
-            raise
-
-
-def _json(value: Any) -> str:
-    import json
-
-    return json.dumps(value, ensure_ascii=False, default=str)

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from app import tracing
+from app import tool_spans, tracing
 from app.llm import get_provider, traced
 from app.llm.base import Delta, FatalProviderError, Usage
 from app.llm.scripted import ScriptedProvider
@@ -35,7 +35,7 @@ def only(spans: tuple[ReadableSpan, ...], prefix: str) -> ReadableSpan:
 def test_off_by_default_the_provider_is_not_wrapped() -> None:
     assert not tracing.enabled()
     assert isinstance(get_provider("scripted", api_key=None, base_url=None), ScriptedProvider)
-    with tracing.tool_span("search", "webhook", "allowed") as span:
+    with tool_spans.tool_span("search", "webhook", "allowed") as span:
         assert not span.is_recording()
     assert tracing.current_traceparent() is None
 
@@ -91,10 +91,10 @@ def test_the_span_is_current_only_while_the_provider_runs(span_exporter: InMemor
 
 
 def test_tool_span_records_the_decision_and_not_the_arguments(span_exporter: InMemorySpanExporter) -> None:
-    with tracing.tool_span("lookup", "webhook", "allowed", tool_call_id="call_1",
+    with tool_spans.tool_span("lookup", "webhook", "allowed", tool_call_id="call_1",
                            arguments={"card": "4111"}) as span:
         span.set_attribute("agent_runtime.tool.status", "completed")
-    with pytest.raises(RuntimeError), tracing.tool_span("deploy", "client", "denied"):
+    with pytest.raises(RuntimeError), tool_spans.tool_span("deploy", "client", "denied"):
         raise RuntimeError("boom")
     spans = {span.name: span for span in span_exporter.get_finished_spans()}
     ok = dict(spans["execute_tool lookup"].attributes or {})
@@ -109,7 +109,7 @@ def test_tool_span_records_the_decision_and_not_the_arguments(span_exporter: InM
 
 def test_tool_arguments_with_capture(span_exporter: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(CAPTURE, "true")
-    with tracing.tool_span("lookup", "webhook", "allowed", arguments={"q": "x"}):
+    with tool_spans.tool_span("lookup", "webhook", "allowed", arguments={"q": "x"}):
         pass
     assert dict(span_exporter.get_finished_spans()[0].attributes or {})["gen_ai.tool.call.arguments"] == '{"q": "x"}'
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from flask import current_app
 
-from app import tracing
+from app import tool_spans
 from app.extensions import db
 from app.llm.base import ShouldStop
 from app.models import ToolCall, ToolCallStatus
@@ -64,7 +64,7 @@ def run_webhook(caller: Caller, row: ToolCall, tool: dict[str, Any], *, settings
         return False
     db.session.commit()  # the running mark (and attempts) survive a worker kill; no transaction while calling
     # Governance allowed it (or a person approved it): one span per call, the webhook's HTTP request under it.
-    with tracing.tool_span(row.name, "webhook", "allowed", tool_call_id=tool_call_id,
+    with tool_spans.tool_span(row.name, "webhook", "allowed", tool_call_id=tool_call_id,
                            arguments=row.arguments) as span:
         outcome = call_webhook(
             WebhookCall(url=str(tool["url"]), execution_id=caller.execution_id, agent_id=caller.agent_id,
