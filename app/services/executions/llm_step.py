@@ -56,6 +56,7 @@ class Running:
     started_at: datetime
     attempts: int
     max_tokens: int | None = None
+    turn: int = 0
 
 
 def _started_audit(row: Row[Any]) -> list[state.Audit]:
@@ -78,7 +79,7 @@ def _mark_running(execution_id: str, steps: list[dict[str, Any]]) -> Running | N
     if row is None:
         return None
     return Running(execution_id, row.workspace_id, row.agent_id, row.message, int(row.timeout_s),
-                   row.started_at, int(row.attempts), row.max_tokens)
+                   row.started_at, int(row.attempts), row.max_tokens, int(row.turns or 0))
 
 
 def _next_attempt(execution: Running, error: ProviderError, delay_s: float) -> int:
@@ -136,6 +137,7 @@ def run(previous: dict[str, Any]) -> dict[str, Any]:
     return {
         "execution_id": execution_id,
         "run": token,
+        "turn": execution.turn,  # which turn this run answered: a redelivered hand-off knows it was made
         **outcome,
         "steps": steps,
         "llm_step": step_record("llm", outcome["outcome"], step_started),

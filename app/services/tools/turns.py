@@ -53,11 +53,17 @@ def stream_extras(execution_id: str) -> dict[str, Any]:
 
 def unfinished_calls(execution_id: str) -> bool:
     """Whether a call of the execution still waits for its result (then no LLM turn may run)."""
+    return unfinished_turn(execution_id) is not None
+
+
+def unfinished_turn(execution_id: str) -> int | None:
+    """The turn whose calls still wait for results, if any (only the last handed-off turn can have them)."""
     unfinished = [status.value for status in ToolCallStatus if not status.finished]
-    return db.session.execute(
-        select(ToolCallRow.id).where(ToolCallRow.execution_id == execution_id, ToolCallRow.status.in_(unfinished))
-        .limit(1)
-    ).first() is not None
+    found = db.session.execute(
+        select(ToolCallRow.turn).where(ToolCallRow.execution_id == execution_id, ToolCallRow.status.in_(unfinished))
+        .order_by(ToolCallRow.turn.desc()).limit(1)
+    ).scalar_one_or_none()
+    return None if found is None else int(found)
 
 
 def calls_of(items: list[ToolCall]) -> list[dict[str, Any]]:
@@ -75,10 +81,14 @@ def after_llm_turn(result: dict[str, Any]) -> dict[str, Any] | None:
     if not result.get("tool_loop"):  # an agent without tools: the ordinary persist, no extra query
         return None
     execution_id = str(result["execution_id"])
-    if unfinished_calls(execution_id):  # a stale run of a re-sent chain (see stream_extras): drop its result
+    if (handed_off := unfinished_turn(execution_id)) is not None:
+        # This turn was handed off already: a persist step redelivered after a kill between the hand-off's commit
+        # and the send of its tools task, or a stale run of a re-sent chain (see stream_extras). Drop the result
+        # and send the tools task again: it is idempotent, and without it a lost send leaves the loop stuck.
         db.session.rollback()
         event_log().end_run(execution_id)
-        return {"execution_id": execution_id, "skip": "the turn's tool calls are still running"}
+        send_tools(execution_id, handed_off)
+        return {"execution_id": execution_id, "skip": "the turn's tool calls are already handed off"}
     raw_calls = result.get("tool_calls") or []
     if result.get("outcome") != "completed" or not raw_calls:
         return None
@@ -87,7 +97,7 @@ def after_llm_turn(result: dict[str, Any]) -> dict[str, Any] | None:
         db.session.rollback()
         return {"execution_id": execution_id, "skip": "not running"}
     agent = db.session.get(Agent, execution.agent_id)
-    turn = int(execution.turns)
+    turn = int(result.get("turn", execution.turns))  # the turn this run answered, not whatever runs now
     calls = [ToolCall(id=str(call["id"]), name=str(call["name"]), arguments=call.get("arguments"))
              for call in raw_calls]
     text = str(result.get("output") or "")

@@ -13,22 +13,12 @@ from sqlalchemy import update
 
 from app.extensions import db
 from app.models import Execution
-from app.services import auth
-from app.services.executions import requests, sweeps
+from app.services.executions import sweeps
 from app.services.executions.events import event_log
 from app.timeutil import utcnow
-from tests.conftest import build_app
-from tests.support import services
 from tests.support.api import ApiClient, new_workspace_client
+from tests.support.own_database import own_database_app, record_execution
 from tests.support.sse import parse
-
-
-def _request(app: Flask, api: ApiClient, agent_id: str, enqueue: Any) -> str:
-    with app.app_context():
-        principal = auth.authenticate(api.key)
-        assert principal is not None
-        body = requests.ExecutionRequest(message="hi", stream=False, action="chat", timeout_s=60, metadata=None)
-        return requests.request(principal, agent_id, body, idempotency_key=None, enqueue=enqueue).id
 
 
 def _age(app: Flask, execution_id: str, seconds: float, **values: Any) -> None:
@@ -41,11 +31,8 @@ def _age(app: Flask, execution_id: str, seconds: float, **values: Any) -> None:
 @pytest.fixture
 def pg_app(broker_url: str, redis_url: str) -> Iterator[Flask]:
     """A database of its own: the session's worker sweeps every pending execution of the shared one."""
-    with services.postgres_database(f"sweeps_{services.run_token()}") as url:
-        app = build_app(url, broker_url, redis_url)
+    with own_database_app("sweeps", broker_url, redis_url) as app:
         yield app
-        with app.app_context():
-            db.engine.dispose()
 
 
 @pytest.fixture
@@ -57,11 +44,11 @@ def scripted(pg_app: Flask) -> tuple[ApiClient, str]:
 def test_only_never_queued_pending_executions_are_requeued(pg_app: Flask, scripted: tuple[ApiClient, str]) -> None:
     api, agent_id = scripted
     sent: list[tuple[str, list[str]]] = []
-    queued = _request(pg_app, api, agent_id, lambda *args: None)  # confirmed: the web marked it queued
-    lost = _request(pg_app, api, agent_id, lambda *args: None)
+    queued = record_execution(pg_app, api, agent_id, lambda *args: None)  # confirmed: the web marked it queued
+    lost = record_execution(pg_app, api, agent_id, lambda *args: None)
     with pg_app.app_context():
         event_log().unmark_queued(lost)  # as if the web died before the confirm
-    recent = _request(pg_app, api, agent_id, lambda *args: None)
+    recent = record_execution(pg_app, api, agent_id, lambda *args: None)
     with pg_app.app_context():
         event_log().unmark_queued(recent)  # never queued either, but younger than the grace
     for execution_id in (queued, lost):
@@ -78,9 +65,9 @@ def test_only_never_queued_pending_executions_are_requeued(pg_app: Flask, script
 
 def test_abandoned_running_executions_end_failed_once(pg_app: Flask, scripted: tuple[ApiClient, str]) -> None:
     api, agent_id = scripted
-    abandoned = _request(pg_app, api, agent_id, lambda *args: None)
-    leased = _request(pg_app, api, agent_id, lambda *args: None)
-    in_time = _request(pg_app, api, agent_id, lambda *args: None)
+    abandoned = record_execution(pg_app, api, agent_id, lambda *args: None)
+    leased = record_execution(pg_app, api, agent_id, lambda *args: None)
+    in_time = record_execution(pg_app, api, agent_id, lambda *args: None)
     long_ago = utcnow() - timedelta(hours=2)
     for execution_id in (abandoned, leased):
         _age(pg_app, execution_id, 7200, status="running", started_at=long_ago, attempts=1)
