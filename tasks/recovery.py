@@ -9,7 +9,8 @@ from celery import Celery
 from flask import Flask
 
 from app.services.executions import sweeps
-from app.services.tools import pauses
+from app.services.tools import pauses, stranded
+from app.services.tools.events import send_tools
 from tasks.chain import enqueuer
 from tasks.periodic import PeriodicStep
 
@@ -29,5 +30,6 @@ class SweepExecutions(PeriodicStep):
             sweeps.requeue_stranded(enqueue, older_than_s=requeue_after_s)
             sweeps.end_abandoned(grace_s=abandoned_after_s)
             pauses.end_expired()  # tool-loop pauses past their wait_timeout_s end timed_out
+            stranded.resend(send_tools, older_than_s=requeue_after_s)  # tool loops whose tools task was lost
 
         return sweep

@@ -47,9 +47,26 @@ def emit_calls(execution_id: str, rows: list[ToolCall]) -> None:
             emit(execution_id, "tool_result", result_event(row))
 
 
-def send_tools(execution_id: str, turn: int) -> None:
-    """Queue the turn's tool runs (after the commit that made them due); the task is idempotent."""
-    current_app.extensions["celery"].send_task(TOOLS_TASK, args=[execution_id, turn])
+def send_tools(execution_id: str, turn: int) -> bool:
+    """Queue the turn's tool runs after the commit that made them due (the task is idempotent), the confirm
+    bounded by CONFIRM_TIMEOUT_S. A send that fails (broker down or blocking) is left to the workers' sweep
+    (stranded.resend), so a resume already committed answers as done instead of hanging or failing late."""
+    from app.services import chain_publish
+
+    celery_app = current_app.extensions["celery"]
+    try:
+        chain_publish.send(celery_app, celery_app.signature(TOOLS_TASK, args=[execution_id, turn]),
+                           timeout_s=float(current_app.config["CONFIRM_TIMEOUT_S"]))
+    except Exception as exc:  # noqa: BLE001 - committed already: the sweep sends it once the broker takes it
+        log.warning("tools task of %s not sent (%s): the workers' sweep sends it", execution_id,
+                    type(exc).__name__, extra={"execution_id": execution_id})
+        return False
+    return True
+
+
+def tools_run_held(execution_id: str) -> bool:
+    """Whether a tools run holds the execution's lease (it is running the turn now)."""
+    return bool(event_log().redis.exists(_lease_key(execution_id)))
 
 
 def _lease_key(execution_id: str) -> str:

@@ -54,6 +54,9 @@ def _run(execution_id: str, turn: int) -> dict[str, Any]:
         status = execution.status if execution else "missing"
         db.session.rollback()
         return {"execution_id": execution_id, "skip": f"status {status}"}
+    if _results_in(execution):  # a redelivery after this turn went on: the next LLM turn is running now
+        db.session.rollback()
+        return {"execution_id": execution_id, "skip": "the turn's results are in; the next turn runs"}
     started = str(iso(utcnow()))
     agent = db.session.get(Agent, execution.agent_id)
     tools = {str(tool["name"]): tool for tool in ((agent.tools if agent else None) or [])}
@@ -92,6 +95,12 @@ def _run(execution_id: str, turn: int) -> dict[str, Any]:
         db.session.rollback()
         return {"execution_id": execution_id, "skip": "calls left unfinished"}
     return _next_turn(execution, rows, turn, started)
+
+
+def _results_in(execution: Execution) -> bool:
+    """Whether the conversation already ends with the turn's results (only _next_turn appends them)."""
+    conversation = execution.conversation or []
+    return bool(conversation) and conversation[-1].get("role") == "tool"
 
 
 def _pause(execution: Execution, target: ExecutionStatus, view: dict[str, Any], turn: int) -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """The hand-off from an LLM turn to its tools task, redelivered: the steps run in this process on a database of
-their own and the real Redis, the tools task's send is the seam a kill cuts. A persist step that dies after the
-hand-off's commit and before the send is redelivered; the redelivery must send the tools task (the loop was
-stuck `running` otherwise) and record nothing twice; a stale result of an older turn must record nothing."""
+their own and the real Redis; the sends of the tools task and of the next turn's chain are the seams a kill cuts.
+A persist step that dies after the hand-off's commit and before the send is redelivered: the redelivery must send
+the tools task (the loop was stuck `running` otherwise) and record nothing twice. A stale result of an older turn,
+or a tools task redelivered after the next turn started, must record nothing."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from sqlalchemy import func, select
 
 from app.extensions import db
 from app.models import AuditLog, Execution, ToolCall
+from app.services import auth
 from app.services.executions import llm_step, persist_step
+from app.services.executions.events import event_log
 from app.services.tools import turns
 from tests.support.api import ApiClient, new_workspace_client
 from tests.support.own_database import own_database_app, record_execution
@@ -90,3 +93,69 @@ def test_a_stale_result_of_an_earlier_turn_records_nothing(own_app: Flask, monke
         outcome = persist_step.run(stale)
         assert _counts(execution_id) == before, outcome
         assert outcome.get("skip"), outcome
+
+
+def test_a_tools_task_redelivered_after_the_next_turn_started_changes_nothing(
+        own_app: Flask, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tools task is killed after it queued the next turn, before its ack: the redelivery finds the next LLM
+    turn running (its lease lapsed, as after a long queue) and must not append the results or queue a turn again."""
+    from app.services.tools import resume, step
+
+    api = new_workspace_client(own_app)
+    agent = tool_agent(api, [client_tool()], [{"tool_calls": [{"name": "confirm", "arguments": {}, "id": call_id()}]},
+                                              {"tool_calls": [{"name": "confirm", "arguments": {}, "id": call_id()}]},
+                                              {"text": "done"}])
+    execution_id = _execution(own_app, api, agent["id"])
+    chains: list[str] = []
+    monkeypatch.setattr(turns, "send_tools", lambda *args: None)
+    monkeypatch.setattr(resume, "send_tools", lambda *args: None)
+    monkeypatch.setitem(own_app.extensions, "enqueue_execution", lambda execution_id, _ids: chains.append(execution_id))
+    with own_app.app_context():
+        persist_step.run(llm_step.run({"execution_id": execution_id}))
+        assert step.run(execution_id, 0)["status"] == "requires_action"
+        principal = auth.authenticate(api.key)
+        assert principal is not None
+        execution = db.session.get(Execution, execution_id)
+        call = execution.required_action["tool_calls"][0]["id"]
+        resume.submit_outputs(principal, execution, [{"tool_call_id": call, "output": "yes"}])
+        assert step.run(execution_id, 0)["status"] == "pending" and chains == [execution_id]
+        llm_step.run({"execution_id": execution_id})  # turn 2 ran; its persist has not come yet
+        event_log().end_run(execution_id)  # and its lease lapsed
+        conversation = db.session.get(Execution, execution_id).conversation
+        db.session.rollback()
+        outcome = step.run(execution_id, 0)
+        assert outcome.get("skip"), outcome
+        assert db.session.get(Execution, execution_id).conversation == conversation
+        assert chains == [execution_id]
+
+
+def test_the_sweep_sends_the_tools_task_a_lost_resume_never_sent(own_app: Flask,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """tool_outputs committed, then the web died before its send: the workers' sweep sends the task, once the
+    change is older than its grace, unless a tools run holds the loop or its results are in."""
+    from app.services.tools import resume, step, stranded
+    from app.services.tools.events import tools_lease
+
+    api = new_workspace_client(own_app)
+    agent = tool_agent(api, [client_tool()], [{"tool_calls": [{"name": "confirm", "arguments": {}, "id": call_id()}]},
+                                              {"text": "done"}])
+    execution_id = _execution(own_app, api, agent["id"])
+    monkeypatch.setattr(turns, "send_tools", lambda *args: True)
+    monkeypatch.setattr(resume, "send_tools", lambda *args: False)  # the web died before the send
+    sent: list[tuple[str, int]] = []
+    with own_app.app_context():
+        persist_step.run(llm_step.run({"execution_id": execution_id}))
+        assert step.run(execution_id, 0)["status"] == "requires_action"
+        assert stranded.resend(lambda *args: sent.append(args), older_than_s=0) == []  # paused: not running
+        principal = auth.authenticate(api.key)
+        assert principal is not None
+        execution = db.session.get(Execution, execution_id)
+        call = execution.required_action["tool_calls"][0]["id"]
+        resume.submit_outputs(principal, execution, [{"tool_call_id": call, "output": "yes"}])
+        assert execution_id not in stranded.resend(lambda *args: sent.append(args), older_than_s=60)  # too recent
+        with tools_lease(execution_id, lambda _id: "running") as held:
+            assert held
+            assert execution_id not in stranded.resend(lambda *args: sent.append(args), older_than_s=0)
+        assert [args for args in sent if args[0] == execution_id] == []
+        assert execution_id in stranded.resend(lambda *args: sent.append(args), older_than_s=0)
+        assert [args for args in sent if args[0] == execution_id] == [(execution_id, 0)]
