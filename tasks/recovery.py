@@ -9,7 +9,7 @@ from celery import Celery
 from flask import Flask
 
 from app.services.executions import sweeps
-from app.services.tools import pauses, stranded
+from app.services.tools import asks, pauses, stranded
 from app.services.tools.events import send_tools
 from tasks.chain import enqueuer
 from tasks.periodic import PeriodicStep
@@ -31,5 +31,6 @@ class SweepExecutions(PeriodicStep):
             sweeps.end_abandoned(grace_s=abandoned_after_s)
             pauses.end_expired()  # tool-loop pauses past their wait_timeout_s end timed_out
             stranded.resend(send_tools, older_than_s=requeue_after_s)  # tool loops whose tools task was lost
+            asks.answer_ended()  # asked executions that ended without their persist step answering the asker
 
         return sweep

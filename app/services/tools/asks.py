@@ -139,3 +139,25 @@ def answer(asked_execution_id: str) -> bool:
 
     resume_waiting(asker_id, int(row.turn))
     return True
+
+
+def answer_ended(*, limit: int = 100) -> list[str]:
+    """Answer the calls of `waiting` executions whose asked execution ended without its persist step answering
+    (cancelled, ended by a sweep, given up): the asker would otherwise wait until its wait_timeout_s."""
+    from sqlalchemy import select
+
+    waiting = db.session.execute(
+        select(ToolCall.execution_id, ToolCall.tool_call_id, Execution.workspace_id)
+        .join(Execution, Execution.id == ToolCall.execution_id)
+        .where(Execution.status == S.WAITING.value, ToolCall.kind == "agent", ToolCall.status == T.RUNNING.value)
+        .limit(limit)
+    ).all()
+    keys = {f"ask:{ask_message_id(asker_id, tool_call_id)}": workspace_id
+            for asker_id, tool_call_id, workspace_id in waiting}
+    ended = db.session.execute(
+        select(Execution.id).where(Execution.workspace_id.in_(set(keys.values())),
+                                   Execution.idempotency_key.in_(list(keys)),
+                                   Execution.status.in_([status.value for status in S if status.terminal]))
+    ).scalars().all() if keys else []
+    db.session.rollback()
+    return [asked_id for asked_id in ended if answer(asked_id)]
