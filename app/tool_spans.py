@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -50,3 +50,21 @@ def tool_span(name: str, kind: str, decision: str, *, tool_call_id: str | None =
 
 def _json(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, default=str)
+
+
+# How a call the webhook runner does not run at once was decided, by the status its ledger row starts in.
+_DECISIONS = {"denied": "denied", "awaiting_approval": "approval_required", "failed": "invalid"}
+
+
+def decision_spans(planned: Iterable[Any]) -> None:
+    """A span for each call of a turn that no webhook run spans: a client call, one awaiting approval, an ask,
+    a denied or invalid one (planned: app.services.tools.plan.PlannedCall), so every call is in the trace."""
+    if not tracing.enabled():
+        return
+    for item in planned:
+        status = str(item.status.value)
+        if item.kind == "webhook" and status == "pending":
+            continue  # run_webhook opens this call's span around its HTTP request
+        with tool_span(item.call.name, item.kind, _DECISIONS.get(status, "allowed"), tool_call_id=item.call.id,
+                       arguments=item.call.arguments) as span:
+            span.set_attribute("agent_runtime.tool.status", status)

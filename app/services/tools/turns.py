@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from app import tool_spans
 from app.extensions import db
 from app.llm.base import AssistantTurn, Message, ToolCall, ToolSpec
 from app.llm.conversation import dump, load
@@ -123,6 +124,7 @@ def after_llm_turn(result: dict[str, Any]) -> dict[str, Any] | None:
     if turn + 1 >= int(execution.max_turns):
         return _out_of_turns(execution_id, [row.tool_call_id for row in rows], turn)
     db.session.commit()
+    tool_spans.decision_spans(planned)
     events = event_log()
     events.end_run(execution_id)  # the next turn's LLM run claims its own lease
     emit_calls(execution_id, rows)
