@@ -147,6 +147,12 @@ def finished(execution_id: str) -> bool:
     return state().finish(execution_id, only_if_ended=True)
 
 
+def paused(execution_id: str) -> bool:
+    """A tool-loop pause holds no capacity (a person may take an hour; an asked agent of the same workspace needs
+    a slot to answer): free the slots; the next turn is admitted anew when the loop resumes."""
+    return state().finish(execution_id, only_if_ended=False)
+
+
 def dispatch(enqueue: Enqueue, *, most: int = 100) -> int:
     """Send the waiting executions that fit now, in fair order; each stays marked until its send confirmed."""
     st = state()

@@ -9,19 +9,24 @@ this task again. Cancel and the running-time deadline are checked between calls.
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
 from typing import Any
 
+from redis.exceptions import RedisError
 from sqlalchemy import select
 
 from app.extensions import db
 from app.llm.conversation import dump
 from app.models import Agent, Execution, ExecutionStatus, ToolCall, ToolCallStatus
+from app.services import admission
 from app.services.tools import asks, ledger
 from app.services.tools.events import cancel_seen, emit, event_log, tools_lease
 from app.services.tools.resume import wait_timeout_of
 from app.services.tools.runner import Caller, run_webhooks
 from app.timeutil import as_utc, iso, utcnow
+
+log = logging.getLogger(__name__)
 
 S = ExecutionStatus
 T = ToolCallStatus
@@ -110,6 +115,11 @@ def _pause(execution: Execution, target: ExecutionStatus, view: dict[str, Any], 
     values = {"required_action": None, "pending_approval": None, **view,
               "paused_until": utcnow() + timedelta(seconds=wait_timeout_of(execution))}
     moved = state.move(execution.id, target, actor=ACTOR, from_statuses=[S.RUNNING], values=values)
+    if moved is not None:
+        try:
+            admission.paused(execution.id)
+        except RedisError:  # the slots lapse with their lease instead
+            log.warning("could not free the slots of paused execution %s", execution.id)
     return {"execution_id": execution.id, "status": target.value if moved is not None else "ended", "turn": turn}
 
 

@@ -165,3 +165,26 @@ def test_max_tokens_reaches_the_provider(named: tuple[ApiClient, str], fake: Fak
     scripted = api.create_agent(llm={"provider": "scripted", "options": {"text": "a b c d e f"}})
     row = ended(api, [run(api, scripted["id"], max_tokens=2)])[0]
     assert row["output"] == "a b" and row["usage"]["completion_tokens"] == 2
+
+
+def test_a_paused_tool_loop_holds_no_slot(pg_app: Flask, named: tuple[ApiClient, str]) -> None:
+    """max_concurrency 1: a loop paused for its client's answer frees the slot, so the workspace's next execution
+    runs meanwhile; the loop's next turn is admitted anew when it resumes, and completes."""
+    api, name = named
+    limit_workspace(pg_app, name, "--max-concurrency", "1")
+    call = f"call_{uuid.uuid4().hex[:12]}"
+    looping = api.create_agent(maturity_level="AUTONOMOUS", tools=[{"name": "confirm", "action": "chat",
+                                                                     "kind": "client"}],
+                               llm={"provider": "scripted", "options": {"turns": [
+                                   {"tool_calls": [{"name": "confirm", "arguments": {}, "id": call}]},
+                                   {"text": "confirmed"}]}})
+    paused = run(api, looping["id"])
+    wait_for(lambda: api.get(f"/executions/{paused}").get_json()["status"] == "requires_action", 30, "the pause")
+    other = run(api, api.create_agent()["id"])
+    assert ended(api, [other])[0]["status"] == "completed"  # it did not wait for the paused one's slot
+    answered = api.post(f"/executions/{paused}/tool_outputs",
+                        json={"tool_outputs": [{"tool_call_id": call, "output": "yes"}]})
+    assert answered.status_code == 200, answered.get_json()
+    (row,) = ended(api, [paused])
+    assert row["status"] == "completed" and row["output"] == "confirmed"
+    wait_for(lambda: live_slots(pg_app, f"adm:slots:ws:{api.workspace_id}") == 0, 10, "slots freed")
