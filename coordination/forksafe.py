@@ -26,6 +26,12 @@ class ForkSafeLock:
     def renew(self) -> None:
         self._lock = self._new()
 
+    def acquire(self, timeout: float = -1) -> bool:
+        return self._lock.acquire(timeout=timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
     def __enter__(self) -> bool:
         return self._lock.acquire()
 
