@@ -141,23 +141,29 @@ def answer(asked_execution_id: str) -> bool:
     return True
 
 
-def answer_ended(*, limit: int = 100) -> list[str]:
+def answer_ended(*, page: int = 500) -> list[str]:
     """Answer the calls of `waiting` executions whose asked execution ended without its persist step answering
-    (cancelled, ended by a sweep, given up): the asker would otherwise wait until its wait_timeout_s."""
+    (cancelled, ended by a sweep, given up): the asker would otherwise wait until its wait_timeout_s. Every
+    waiting call is looked at, page by page, so asks still running do not hide an ended one behind a limit."""
     from sqlalchemy import select
 
-    waiting = db.session.execute(
-        select(ToolCall.execution_id, ToolCall.tool_call_id, Execution.workspace_id)
-        .join(Execution, Execution.id == ToolCall.execution_id)
-        .where(Execution.status == S.WAITING.value, ToolCall.kind == "agent", ToolCall.status == T.RUNNING.value)
-        .limit(limit)
-    ).all()
-    keys = {f"ask:{ask_message_id(asker_id, tool_call_id)}": workspace_id
-            for asker_id, tool_call_id, workspace_id in waiting}
-    ended = db.session.execute(
-        select(Execution.id).where(Execution.workspace_id.in_(set(keys.values())),
-                                   Execution.idempotency_key.in_(list(keys)),
-                                   Execution.status.in_([status.value for status in S if status.terminal]))
-    ).scalars().all() if keys else []
-    db.session.rollback()
-    return [asked_id for asked_id in ended if answer(asked_id)]
+    query = (select(ToolCall.id, ToolCall.execution_id, ToolCall.tool_call_id, Execution.workspace_id)
+             .join(Execution, Execution.id == ToolCall.execution_id)
+             .where(Execution.status == S.WAITING.value, ToolCall.kind == "agent", ToolCall.status == T.RUNNING.value)
+             .order_by(ToolCall.id).limit(page))
+    answered: list[str] = []
+    after = 0
+    while True:
+        waiting = db.session.execute(query.where(ToolCall.id > after)).all()
+        keys = {f"ask:{ask_message_id(asker_id, tool_call_id)}": workspace_id
+                for _id, asker_id, tool_call_id, workspace_id in waiting}
+        ended = db.session.execute(
+            select(Execution.id).where(Execution.workspace_id.in_(set(keys.values())),
+                                       Execution.idempotency_key.in_(list(keys)),
+                                       Execution.status.in_([status.value for status in S if status.terminal]))
+        ).scalars().all() if keys else []
+        db.session.rollback()
+        answered += [asked_id for asked_id in ended if answer(asked_id)]
+        if len(waiting) < page:
+            return answered
+        after = int(waiting[-1].id)
