@@ -20,6 +20,7 @@ import argparse
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -31,7 +32,6 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 
@@ -61,8 +61,9 @@ def receiver_stats(base: str) -> dict[str, Any]:
         connection.close()
 
 
-def settled(base: str, quiet_s: float = 6.0, timeout: float = 90.0) -> dict[str, Any]:
-    """Wait until the batch exporters have sent everything (no new span for longer than their 5 s delay)."""
+def settled(base: str, quiet_s: float = 6.0, timeout: float = 12.0) -> dict[str, Any]:
+    """Wait until the batch exporters have sent the round's spans: no new span for longer than their 5 s delay, or
+    two delays (with psycopg and redis, the idle worker's periodic queries never let the count rest)."""
     deadline = time.monotonic() + timeout
     last, since = receiver_stats(base), time.monotonic()
     while time.monotonic() < deadline:
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace, record: dict[str, Any]) -> None:
         engine = create_engine(database_url)
         cleanup.callback(engine.dispose)
         database = database_url.rsplit("/", 1)[1]
-        wait_until(lambda: serving_receiver(receiver_base), 30, "the receiver")
+        wait_until(lambda: serving(receiver_base), 30, "the receiver")  # it answers any GET with its counts
         record["span_cost_us"] = span_cost_us(receiver_base)
         # About 20 JSON log lines and no agent message per execution of this workload (scripted, no replies).
         record["off_path_us_each"] = off_path_us_per_execution(log_lines=20, messages=1)
@@ -297,13 +298,6 @@ def checkpoint(record: dict[str, Any]) -> Path:
     return save("tracing", record, bars if record["complete"] else None, ylabel="web+worker CPU ms per execution")
 
 
-def serving_receiver(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/stats", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
 def report(record: dict[str, Any]) -> None:
     """The tables and the verdict, from whatever rounds completed."""
     modes = record["setup"]["modes"]
@@ -334,6 +328,7 @@ def main() -> None:
     parser.add_argument("--modes", default="off,off-2,on", help=f"a subset of {','.join(MODES)}, with off")
     parser.add_argument("--worker-concurrency", type=int, default=4)
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the stacks stopped, what was measured kept
     record: dict[str, Any] = {"complete": False, "sequential": [], "side_by_side": [], "modes": {}}
     try:
         run(args, record)
