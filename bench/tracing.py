@@ -6,7 +6,7 @@ window, so whatever the shared machine does, it does to every mode (sequential r
 optional: --sequential N). Modes: off; off-2, a second untraced stack (the A/A pair: how far two identical stacks
 differ in this run, the noise floor); on (the default instrumentations); on+db+redis (psycopg and redis too).
 
-    .venv/bin/python -m bench.tracing [--executions 200] [--pair-rounds 5] [--modes off,off-2,on]
+    .venv/bin/python -m bench.tracing [--executions 150] [--pair-rounds 5] [--modes off,off-2,on]
 
 CPU per execution is web + worker (every process of each stack's group) per mode; what the modes share (this run's
 PostgreSQL backends, RabbitMQ, Redis) is reported apart; the receiver (a collector on another host) is not counted.
@@ -321,7 +321,7 @@ def report(record: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--executions", type=int, default=200, help="per mode per round")
+    parser.add_argument("--executions", type=int, default=150, help="per mode per round")
     parser.add_argument("--clients", type=int, default=4, help="client threads per mode")  # PostgreSQL is shared
     parser.add_argument("--pair-rounds", type=int, default=5, help="side-by-side rounds (every mode loaded at once)")
     parser.add_argument("--sequential", type=int, default=0, help="rounds loading one mode at a time")
