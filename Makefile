@@ -84,7 +84,7 @@ bench-execute: install services  ## Executions/s through the API vs a bare Celer
 bench-fairness: install services  ## Workspace B's queue wait behind A's 5,000-execution backlog vs idle; tokens/min and concurrency a limited credential sends
 	$(PY) -m bench.fairness
 
-bench-tracing: install services  ## Executions/s and CPU per execution with tracing on (OTLP to a receiver) vs off
+bench-tracing: install services  ## CPU per execution and exec/s, tracing on (OTLP to a receiver) vs off vs off again, side by side (~5 min)
 	$(PY) -m bench.tracing
 
 bench-tools: install services  ## A 3-turn webhook tool loop vs a single-turn execution: executions/s, ms added per turn

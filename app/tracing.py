@@ -3,10 +3,11 @@
 On when OTEL_EXPORTER_OTLP_ENDPOINT is set (OTLP/HTTP export), or when a test passes TRACING_SPAN_PROCESSOR or
 TRACING_SPAN_EXPORTER in the app's config; otherwise nothing is installed and nothing is paid. The kept
 instrumentations do the work: flask (the POST), celery (a span per task, context in the task headers, so a chain
-sent from within a task stays in the trace), httpx (the provider's HTTP call, under the LLM span of app.llm.traced),
-psycopg and redis. This module adds only what they cannot know: the execution's stored traceparent (so a chain
-re-sent by the worker's sweep, or after an approval, joins the execution's trace), a link from an execution that
-answers another agent to the execution that asked, the `traceparent` response header, and tool-call spans.
+sent from within a task stays in the trace; app/celery_spans.py drops its duplicate hand-off spans), httpx (the
+provider's HTTP call, under the LLM span of app.llm.traced), psycopg and redis. This module adds only what they
+cannot know: the execution's stored traceparent (so a chain re-sent by the worker's sweep, or after an approval,
+joins the execution's trace), a link from an execution that answers another agent to the execution that asked, the
+`traceparent` response header, and tool-call spans.
 """
 
 from __future__ import annotations
@@ -184,9 +185,9 @@ def _instrument_process(process: _Process, names: frozenset[str]) -> None:
 
 def _instrumentor(name: str) -> Any:
     if name == "celery":
-        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+        from app.celery_spans import HandOffCeleryInstrumentor
 
-        return CeleryInstrumentor()  # type: ignore[no-untyped-call]
+        return HandOffCeleryInstrumentor()
     if name == "httpx":
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
@@ -250,12 +251,14 @@ def _connect_worker_signals() -> None:
 
 
 def current_traceparent() -> str | None:
-    """The W3C traceparent of the current span, or None when there is none (tracing off)."""
-    if not trace.get_current_span().get_span_context().is_valid:
+    """The W3C traceparent of the current span, or None when there is none (tracing off).
+
+    The header's fixed layout written directly (what TraceContextTextMapPropagator.inject writes, without its
+    carrier, setter and context lookups): it runs twice per POST, for the stored row and the response header."""
+    found = trace.get_current_span().get_span_context()
+    if not found.is_valid:
         return None
-    carrier: dict[str, str] = {}
-    _propagator.inject(carrier)
-    return carrier.get(TRACEPARENT)
+    return f"00-{found.trace_id:032x}-{found.span_id:016x}-{found.trace_flags:02x}"
 
 
 def span_context_of(traceparent: str | None) -> trace.SpanContext | None:
@@ -292,8 +295,12 @@ def execution_trace(execution_id: str) -> Iterator[None]:
     if not enabled():
         yield
         return
-    parent = span_context_of(_stored_traceparent(execution_id))
+    stored = _stored_traceparent(execution_id)
     current = trace.get_current_span().get_span_context()
+    if current.is_valid and stored is not None and stored[3:35] == f"{current.trace_id:032x}":
+        yield  # the common case, its POST: already in the trace (no parse of the stored header)
+        return
+    parent = span_context_of(stored)
     if parent is None or (current.is_valid and current.trace_id == parent.trace_id):
         yield
         return

@@ -74,14 +74,16 @@ def rows() -> list[dict[str, Any]]:
                               f"(+{tokens['tokens_per_request']}); most at once {tokens['max_in_flight']} "
                               f"of {tokens['max_concurrency']}"})
     traced = _load("tracing")
-    if traced and "side_by_side" in traced:
-        pairs = traced["side_by_side"]
-        on = pairs["app_cpu_overhead"]["on"]
+    if traced and "on" in traced.get("modes", {}) and "ratio_to_off_median" in traced["modes"]["on"]:
+        modes = traced["modes"]
+        on = modes["on"]["ratio_to_off_median"] - 1
+        others = "; ".join(f"{mode}/off {figures['ratio_to_off_median']:.3f}" for mode, figures in modes.items()
+                           if mode not in ("off", "on") and "ratio_to_off_median" in figures)
         out.append({"benchmark": "6 tracing: web+worker cpu on / off - 1", "figure": on, "target": "< 0.10",
                     "met": on < 0.10,
-                    "detail": f"side by side; with psycopg+redis {pairs['app_cpu_overhead']['on+db+redis']:+.1%}; "
-                              f"{traced['modes']['on']['spans_each']:.0f} spans each, "
-                              f"{traced['span_cost_us']:.0f} us/span; off paths {traced['off_path_us_each']:.0f} us"})
+                    "detail": f"side by side, median of {len(traced['side_by_side'])} rounds; {others}; "
+                              f"{modes['on']['spans_each']:.0f} spans each, {traced['span_cost_us']:.0f} us/span; "
+                              f"off paths {traced['off_path_us_each']:.0f} us"})
     inflight = _load("inflight")
     if inflight:
         for row in inflight["rows"]:

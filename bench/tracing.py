@@ -1,15 +1,17 @@
-"""What tracing costs: executions/s and CPU per execution with tracing on (exporting OTLP/HTTP to a receiver)
-against off, in the same run: per round, one stack per mode (off; on with the default instrumentations; on with
-psycopg and redis too), each gunicorn gevent x2 + a prefork worker on its own vhost, one PostgreSQL database,
-started one at a time in alternating order; then side by side: all modes loaded at once by their own clients and
-measured over the same window, which the shared machine's noise cannot favour one mode in.
+"""What tracing costs: CPU per execution and executions/s with tracing on (exporting OTLP/HTTP to a receiver)
+against off, in the same run. One stack per mode (gunicorn gevent x2 + a prefork worker on its own vhost, one
+PostgreSQL database for all), all started at once and loaded side by side: every round posts the same number of
+executions to every mode at the same moment, each mode from its own clients, and takes their CPU over the same
+window, so whatever the shared machine does, it does to every mode (sequential rounds, one mode at a time, are
+optional: --sequential N). Modes: off; off-2, a second untraced stack (the A/A pair: how far two identical stacks
+differ in this run, the noise floor); on (the default instrumentations); on+db+redis (psycopg and redis too).
 
-    .venv/bin/python -m bench.tracing [--executions 200] [--rounds 2] [--pair-rounds 3] [--clients 8]
+    .venv/bin/python -m bench.tracing [--executions 150] [--pair-rounds 5] [--modes off,off-2,on]
 
-CPU per execution counts every process of the run (web, worker, PostgreSQL backends of the run's database,
-RabbitMQ, Redis, the load client) as bench/execute.py does; the receiver (it stands for a collector on another
-host) is reported on its own line and not counted. "Off" is also checked by a micro-measurement of what the
-off paths still run per execution (a context lookup per log line, a propagator call per message, flag checks).
+CPU per execution is web + worker (every process of each stack's group) per mode; what the modes share (this run's
+PostgreSQL backends, RabbitMQ, Redis) is reported apart; the receiver (a collector on another host) is not counted.
+The results file is rewritten after every round: an interrupted or failed run keeps what it measured. "Off" is also
+checked by a micro-measurement of what its paths still run (a span lookup per log line, flag checks).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import argparse
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -25,53 +28,42 @@ import threading
 import time
 import timeit
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import httpx
 from flask_migrate import upgrade
 from sqlalchemy import create_engine, text
 
 from app import create_app
-from bench.execute import (
-    ANY_UNFINISHED,
-    address,
-    api_executions,
-    cpu_by_role,
-    cpu_per_item,
-    free_port,
-    gunicorn,
-    make_tenant,
-    ours,
-    serving,
-    wait_until,
-)
+from bench.execute import address, cpu_by_role, cpu_per_item, free_port, gunicorn, make_tenant, serving, wait_until
 from bench.http_client import KeepAlive
 from bench.report import median, save, table
 from tests.support import services
 from tests.support.worker import ROOT, WorkerProcess
 
-RECEIVER = "otlp receiver"
-
-
 FULL = "flask,celery,httpx,psycopg,redis"
-MODES = {"off": None, "on": "", "on+db+redis": FULL}  # mode -> TRACING_INSTRUMENTATIONS ("" = the default)
+MODES = {"off": None, "off-2": None, "on": "", "on+db+redis": FULL}  # mode -> TRACING_INSTRUMENTATIONS ("" = default)
+SHARED = ("rabbitmq", "redis", "postgres (this run)")
+UNFINISHED_OF = "SELECT EXISTS (SELECT 1 FROM executions WHERE agent_id = :agent AND status IN ('pending', 'running'))"
+TARGET = 1.10  # issue 17: on/off CPU per execution under +10%
 
 
-def receiver_stats(base: str) -> dict[str, int]:
+def receiver_stats(base: str) -> dict[str, Any]:
     """The receiver's counts, over a raw connection (an httpx client per poll would bill the client ms)."""
     host, port = base.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=5)
     try:
         connection.request("GET", "/stats")
-        stats: dict[str, int] = json.loads(connection.getresponse().read())
+        stats: dict[str, Any] = json.loads(connection.getresponse().read())
         return stats
     finally:
         connection.close()
 
 
-def settled(base: str, quiet_s: float = 6.0, timeout: float = 90.0) -> dict[str, int]:
-    """Wait until the batch exporters have sent everything (no new span for longer than their 5 s delay)."""
+def settled(base: str, quiet_s: float = 6.0, timeout: float = 12.0) -> dict[str, Any]:
+    """Wait until the batch exporters have sent the round's spans: no new span for longer than their 5 s delay, or
+    two delays (with psycopg and redis, the idle worker's periodic queries never let the count rest)."""
     deadline = time.monotonic() + timeout
     last, since = receiver_stats(base), time.monotonic()
     while time.monotonic() < deadline:
@@ -101,15 +93,14 @@ def off_path_us_per_execution(log_lines: int, messages: int) -> float:
 
 
 def span_cost_us(receiver_base: str, count: int = 20_000) -> float:
-    """CPU microseconds per span, all in: start, attributes, end, batching, protobuf encoding and the OTLP/HTTP
-    post to the receiver (time.process_time counts the export thread too). Times the spans of an execution, it
-    models the overhead without the wall-time noise of a shared machine."""
+    """CPU us per span, all in: created, batched, protobuf-encoded, posted (process_time counts the export thread)."""
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
     provider = TracerProvider(shutdown_on_exit=False)
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{receiver_base}/v1/traces")))
+    exporter = OTLPSpanExporter(endpoint=f"{receiver_base}/v1/traces")  # a queue for all: the SDK's 2048 drops
+    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=count))
     tracer = provider.get_tracer("bench")
     attributes: dict[str, Any] = {"messaging.message.id": "0" * 36, "celery.task_name": "executions.llm",
                                   "celery.state": "SUCCESS", "messaging.destination": "executions",
@@ -127,22 +118,20 @@ def span_cost_us(receiver_base: str, count: int = 20_000) -> float:
 
 
 class Stack:
-    """One web + worker pair on its own vhost; traced when `endpoint` is given."""
+    """One web + worker pair on its own vhost; traced when `endpoint` is given, as service `bench-<mode>`."""
 
-    def __init__(self, name: str, database_url: str, broker_url: str, redis_url: str, tmp: Path,
+    def __init__(self, mode: str, database_url: str, broker_url: str, redis_url: str, tmp: Path,
                  concurrency: int, endpoint: str | None, instrumentations: str = "") -> None:
         env = {"DATABASE_URL": database_url, "BROKER_URL": broker_url, "REDIS_URL": redis_url,
                "EXECUTION_SWEEP_INTERVAL_S": "0"}
-        if endpoint:
-            # The SDK's default batching (export every 5 s or 512 spans): a shorter delay multiplies the exports,
-            # each an HTTP POST per process (measured side by side: 500 ms batches to a receiver closing each connection
-            # cost +21% web+worker CPU per execution, the defaults with keep-alive +12%).
-            env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "TRACING_INSTRUMENTATIONS": instrumentations})
+        if endpoint:  # the SDK's default batching (5 s or 512 spans), as an operator would run it
+            env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "TRACING_INSTRUMENTATIONS": instrumentations,
+                        "OTEL_SERVICE_NAME": f"bench-{mode}"})
         else:  # the bench process itself may have them set: the untraced stack must not inherit them
             env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": "", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": ""})
-        self.name = name
+        self.mode = mode
         self.worker = WorkerProcess(database_url=database_url, broker_url=broker_url, redis_url=redis_url,
-                                    log_path=tmp / f"worker-{name}.log", concurrency=concurrency,
+                                    log_path=tmp / f"worker-{mode.replace('+', '-')}.log", concurrency=concurrency,
                                     extra_env=env).start()
         self.port = free_port()
         self.web = gunicorn("wsgi:app", self.port, env)
@@ -150,104 +139,12 @@ class Stack:
 
     def roles(self) -> dict[str, int]:
         assert self.worker.process is not None
-        return {"worker": self.worker.process.pid, "web": self.web.pid}
+        return {f"{self.mode} worker": self.worker.process.pid, f"{self.mode} web": self.web.pid}
 
     def stop(self) -> None:
         self.web.terminate()
         self.web.wait(timeout=20)
         self.worker.stop()
-
-
-def run(executions: int, clients: int, rounds: int, concurrency: int, pair_rounds: int) -> dict[str, Any]:
-    token = services.run_token()
-    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
-    receiver_port = free_port()
-    receiver_base = f"http://127.0.0.1:{receiver_port}"
-    with (
-        services.postgres_database(f"bench_{token}") as database_url,
-        services.rabbitmq_vhost(f"bench_off_{token}") as off_broker,
-        services.rabbitmq_vhost(f"bench_on_{token}") as on_broker,
-        services.rabbitmq_vhost(f"bench_full_{token}") as full_broker,
-        tempfile.TemporaryDirectory() as tmp,
-    ):
-        brokers = {"off": off_broker, "on": on_broker, "on+db+redis": full_broker}
-        app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "BROKER_URL": off_broker, "REDIS_URL": redis_url})
-        with app.app_context():
-            upgrade(directory=str(ROOT / "migrations"))
-        receiver = subprocess.Popen([sys.executable, "-m", "tests.support.otlp_receiver", "--port",
-                                     str(receiver_port)], cwd=ROOT, start_new_session=True)
-        engine = create_engine(database_url)
-        rows: list[dict[str, Any]] = []
-        database = database_url.rsplit("/", 1)[1]
-        try:
-            wait_until(lambda: serving_receiver(receiver_base), 30, "the receiver")
-            for index in range(rounds):
-                order = list(MODES) if index % 2 == 0 else list(reversed(MODES))
-                for mode in order:
-                    # One stack at a time: three idle ones would hold PostgreSQL connections the shared server
-                    # (max_connections 100) cannot spare, and add their idle CPU to the noise.
-                    names = MODES[mode]
-                    stack = Stack(f"{mode.replace('+', '-')}-{index}", database_url, brokers[mode], redis_url,
-                                  Path(tmp), concurrency, None if names is None else receiver_base, names or "")
-                    try:
-                        wait_until(lambda stack=stack: serving(stack.base), 30, "gunicorn")  # type: ignore[misc]
-                        tenants = [make_tenant(stack.base, app, f"bench-{mode}-{index}")]
-                        api_executions(stack.base, tenants, engine, 30, clients)  # warm up: pools, imports, exporter
-                        settled(receiver_base)
-                        rows.append(measure(stack, mode, index, tenants, engine, executions, clients,
-                                            receiver.pid, receiver_base, database))
-                    finally:
-                        stack.stop()
-            paired = side_by_side(app, database_url, brokers, redis_url, Path(tmp), concurrency, receiver_base,
-                                  engine, database, executions, clients, pair_rounds)
-            span_us = span_cost_us(receiver_base)
-        finally:
-            receiver.terminate()
-            receiver.wait(timeout=10)
-    summary = summarize(rows, executions, clients, concurrency, span_us)
-    summary["side_by_side"] = summarize_pairs(paired)
-    return summary
-
-
-def side_by_side(app: Any, database_url: str, brokers: dict[str, str], redis_url: str, tmp: Path, concurrency: int,
-                 receiver_base: str, engine: Any, database: str, executions: int, clients: int,
-                 rounds: int) -> list[dict[str, Any]]:
-    """All modes loaded at once, each by its own clients, CPU taken over the same window: whatever the shared
-    machine does to one mode, it does to the others at the same moment (the sequential rounds cannot promise that)."""
-    stacks = {mode: Stack(f"pair-{mode.replace('+', '-')}", database_url, brokers[mode], redis_url, tmp, concurrency,
-                          None if names is None else receiver_base, names or "") for mode, names in MODES.items()}
-    rows: list[dict[str, Any]] = []
-    try:
-        wait_until(lambda: all(serving(stack.base) for stack in stacks.values()), 30, "gunicorn")
-        tenants = {mode: make_tenant(stack.base, app, f"pair-{mode}") for mode, stack in stacks.items()}
-        roles = {f"{mode} {role}": pid for mode, stack in stacks.items() for role, pid in stack.roles().items()}
-        for index in range(rounds + 1):  # the first is the warm-up
-            count = executions if index else 30
-            before = cpu_by_role(roles, database)
-            started = time.perf_counter()
-            threads = [threading.Thread(target=post_all, args=(stack.base, tenants[mode], count, max(1, clients // 2)))
-                       for mode, stack in stacks.items()]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            wait_until(lambda: drained(engine), 180, "executions")
-            elapsed = time.perf_counter() - started
-            settled(receiver_base)
-            spent = cpu_per_item(before, cpu_by_role(roles, database), count)
-            if not index:
-                continue
-            row: dict[str, Any] = {"round": index, "seconds": round(elapsed, 2)}
-            for mode in MODES:
-                row[mode] = round(spent.get(f"{mode} web", 0.0) + spent.get(f"{mode} worker", 0.0), 2)
-            row["shared_ms_each"] = round(sum(ms for role, ms in spent.items()
-                                              if role in ("rabbitmq", "redis", "postgres (this run)")), 2)
-            print(f"  side by side {index}: web+worker cpu ms each {row}", flush=True)
-            rows.append(row)
-    finally:
-        for stack in stacks.values():
-            stack.stop()
-    return rows
 
 
 def post_all(base: str, tenant: tuple[str, str], count: int, clients: int) -> None:
@@ -265,99 +162,182 @@ def post_all(base: str, tenant: tuple[str, str], count: int, clients: int) -> No
         list(pool.map(send, range(count)))
 
 
-def drained(engine: Any) -> bool:
-    with engine.connect() as connection:
-        return not connection.execute(text(ANY_UNFINISHED)).scalar_one()
+def finish_times(engine: Any, agents: dict[str, str], started: float, timeout: float = 180.0) -> dict[str, float]:
+    """Seconds from `started` until each mode's executions all ended (every POST of the round already answered)."""
+    done: dict[str, float] = {}
+    deadline = time.monotonic() + timeout
+    while len(done) < len(agents):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"executions of {sorted(set(agents) - set(done))} unfinished after {timeout}s")
+        with engine.connect() as connection:
+            for mode, agent in agents.items():
+                if mode not in done and not connection.execute(text(UNFINISHED_OF), {"agent": agent}).scalar():
+                    done[mode] = time.perf_counter() - started
+        time.sleep(0.1)
+    return done
 
 
-def summarize_pairs(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per mode, the median over rounds of web+worker CPU per execution, and its overhead against off."""
-    medians = {mode: median([row[mode] for row in rows]) for mode in MODES}
-    per_round = {mode: median([row[mode] / row["off"] - 1 for row in rows]) for mode in MODES}
-    return {"rows": rows, "app_cpu_ms_each": medians,
-            "app_cpu_overhead": {mode: medians[mode] / medians["off"] - 1 for mode in MODES},
-            "app_cpu_overhead_median_of_rounds": per_round}
-
-
-def measure(stack: Stack, mode: str, index: int, tenants: list[tuple[str, str]], engine: Any, executions: int,
-            clients: int, receiver_pid: int, receiver_base: str, database: str) -> dict[str, Any]:
-    """One measured phase: `executions` through the API, then the exporters drained (waited for in every mode)."""
-    roles = {**stack.roles(), RECEIVER: receiver_pid}
-    spans_before = receiver_stats(receiver_base)["spans"]
+def load_round(stacks: dict[str, Stack], tenants: dict[str, tuple[str, str]], engine: Any, database: str,
+               receiver_base: str, count: int, clients: int, rotate: int = 0) -> dict[str, Any]:
+    """`count` executions to every stack at once (clients started in rotated order); CPU, spans each, exec/s."""
+    roles = {role: pid for stack in stacks.values() for role, pid in stack.roles().items()}
+    order = list(stacks)[rotate % len(stacks):] + list(stacks)[:rotate % len(stacks)]
+    spans_before = receiver_stats(receiver_base)["services"]
     before = cpu_by_role(roles, database)
-    rate = api_executions(stack.base, tenants, engine, executions, clients)
-    spans = settled(receiver_base)["spans"] - spans_before
-    by_role = cpu_per_item(before, cpu_by_role(roles, database), executions)
-    receiver_ms = by_role.pop(RECEIVER, 0.0)
-    print(f"  round {index + 1} tracing {mode}: {rate:.1f} exec/s, cpu ms each {by_role}", flush=True)
-    return {"round": index + 1, "tracing": mode, "executions_per_s": rate, "cpu_ms_each": ours(by_role),
-            "app_cpu_ms_each": round(by_role.get("web", 0.0) + by_role.get("worker", 0.0), 2),
-            "spans_each": spans / executions, "receiver_cpu_ms_each": receiver_ms, "cpu_by_role_ms": by_role}
+    started = time.perf_counter()
+    threads = [threading.Thread(target=post_all, args=(stacks[mode].base, tenants[mode], count, clients))
+               for mode in order]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    done = finish_times(engine, {mode: tenants[mode][1] for mode in stacks}, started)
+    spans_after = settled(receiver_base)["services"]  # the last batches exported: their CPU is in the window
+    spent = cpu_per_item(before, cpu_by_role(roles, database), count)
+    row: dict[str, Any] = {"seconds": round(max(done.values()), 2), "load_avg_1m": round(os.getloadavg()[0], 2)}
+    for mode in stacks:
+        row[mode] = round(spent.get(f"{mode} web", 0.0) + spent.get(f"{mode} worker", 0.0), 2)
+        row[f"{mode} web"], row[f"{mode} worker"] = spent.get(f"{mode} web", 0.0), spent.get(f"{mode} worker", 0.0)
+        row[f"{mode} exec/s"] = round(count / done[mode], 1)
+        service = f"bench-{mode}"
+        row[f"{mode} spans each"] = round((spans_after.get(service, 0) - spans_before.get(service, 0)) / count, 2)
+    row["shared_ms_each"] = round(sum(ms for role, ms in spent.items() if role in SHARED), 2)
+    if "off" in stacks:
+        for mode in stacks:
+            if mode != "off":
+                row[f"{mode}/off"] = round(row[mode] / row["off"], 3)
+    return row
 
 
-def serving_receiver(base: str) -> bool:
-    try:
-        return httpx.get(f"{base}/stats", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+def summarize(rows: list[dict[str, Any]], modes: list[str]) -> dict[str, Any]:
+    """Per mode, the median over rounds of CPU per execution, exec/s and spans, and the median of per-round ratios."""
+    figures: dict[str, Any] = {}
+    for mode in modes:
+        mine = [row for row in rows if mode in row]
+        figures[mode] = {"cpu_ms_each": median([row[mode] for row in mine]),
+                         "executions_per_s": median([row[f"{mode} exec/s"] for row in mine]),
+                         "spans_each": median([row[f"{mode} spans each"] for row in mine])}
+        ratios = [row[f"{mode}/off"] for row in mine if f"{mode}/off" in row]
+        if ratios:
+            figures[mode]["ratio_to_off_median"] = median(ratios)
+            figures[mode]["ratio_to_off_rounds"] = ratios
+    return figures
 
 
-def summarize(rows: list[dict[str, Any]], executions: int, clients: int, concurrency: int,
-              span_us: float) -> dict[str, Any]:
-    def med(mode: str, key: str) -> float:
-        return median([row[key] for row in rows if row["tracing"] == mode])
+def run(args: argparse.Namespace, record: dict[str, Any]) -> None:
+    """Fill `record` round by round, writing the results file after each."""
+    modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    unknown = set(modes) - set(MODES)
+    if unknown or "off" not in modes:
+        raise SystemExit(f"--modes: unknown {sorted(unknown)}; known {list(MODES)}; 'off' is required")
+    token = services.run_token()
+    redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+    receiver_base = f"http://127.0.0.1:{free_port()}"
+    record["setup"] = {"modes": modes, "executions_per_round": args.executions, "client_threads_per_mode": args.clients,
+                       "worker": f"prefork -c {args.worker_concurrency}", "web": "gunicorn gevent x2",
+                       "exporter": "OTLP/HTTP protobuf, BatchSpanProcessor (SDK defaults: 5 s, 512 spans)",
+                       "instrumentations": "on: flask, celery, httpx (default); on+db+redis: also psycopg, redis",
+                       "provider": "scripted, no delay, 4 words", "cpus": os.cpu_count()}
+    with ExitStack() as cleanup:
+        database_url = cleanup.enter_context(services.postgres_database(f"bench_{token}"))
+        brokers = {mode: cleanup.enter_context(services.rabbitmq_vhost(f"bench_{mode.replace('+', '_')}_{token}"))
+                   for mode in modes}
+        tmp = Path(cleanup.enter_context(tempfile.TemporaryDirectory()))
+        app = create_app({"SQLALCHEMY_DATABASE_URI": database_url, "BROKER_URL": brokers["off"],
+                          "REDIS_URL": redis_url})
+        with app.app_context():
+            upgrade(directory=str(ROOT / "migrations"))
+        receiver = subprocess.Popen([sys.executable, "-m", "tests.support.otlp_receiver", "--port",
+                                     receiver_base.rsplit(":", 1)[1]], cwd=ROOT, start_new_session=True)
+        cleanup.callback(receiver.wait, 10)
+        cleanup.callback(receiver.terminate)
+        engine = create_engine(database_url)
+        cleanup.callback(engine.dispose)
+        database = database_url.rsplit("/", 1)[1]
+        wait_until(lambda: serving(receiver_base), 30, "the receiver")  # it answers any GET with its counts
+        record["span_cost_us"] = span_cost_us(receiver_base)
+        # About 20 JSON log lines and no agent message per execution of this workload (scripted, no replies).
+        record["off_path_us_each"] = off_path_us_per_execution(log_lines=20, messages=1)
+        stacks: dict[str, Stack] = {}
+        cleanup.callback(stop_all, stacks)
+        for mode in modes:  # all at once: the same idle cost for every mode while another one is loaded
+            names = MODES[mode]
+            stacks[mode] = Stack(mode, database_url, brokers[mode], redis_url, tmp, args.worker_concurrency,
+                                 None if names is None else receiver_base, names or "")
+        wait_until(lambda: all(serving(stack.base) for stack in stacks.values()), 30, "gunicorn")
+        tenants = {mode: make_tenant(stack.base, app, f"bench-{mode}") for mode, stack in stacks.items()}
+        load_round(stacks, tenants, engine, database, receiver_base, 30, args.clients)  # warm-up, not recorded
+        for index in range(args.sequential):  # one mode at a time, alternating order (optional: noisy)
+            for mode in modes if index % 2 == 0 else reversed(modes):
+                row = load_round({mode: stacks[mode]}, tenants, engine, database, receiver_base, args.executions,
+                                 args.clients)
+                record["sequential"].append({"round": index + 1, "mode": mode, **row})
+                print(f"  sequential {index + 1} {mode}: {row[mode]} ms web+worker each, {row[f'{mode} exec/s']} "
+                      f"exec/s, load {row['load_avg_1m']}", flush=True)
+                checkpoint(record)
+        for index in range(args.pair_rounds):
+            row = {"round": index + 1, **load_round(stacks, tenants, engine, database, receiver_base,
+                                                    args.executions, args.clients, rotate=index)}
+            record["side_by_side"].append(row)
+            record["modes"] = summarize(record["side_by_side"], modes)
+            ratios = ", ".join(f"{key} {value:.3f}" for key, value in row.items() if key.endswith("/off"))
+            print(f"  side by side {index + 1}: web+worker ms each "
+                  + ", ".join(f"{mode} {row[mode]}" for mode in modes)
+                  + f"; {ratios}; load {row['load_avg_1m']}", flush=True)
+            checkpoint(record)
 
-    summary: dict[str, Any] = {"rows": rows, "modes": {}}
-    for mode in MODES:
-        figures = {key: med(mode, key) for key in ("executions_per_s", "cpu_ms_each", "app_cpu_ms_each",
-                                                   "spans_each", "receiver_cpu_ms_each")}
-        off = summary["modes"].get("off", figures)
-        figures["cpu_overhead"] = figures["cpu_ms_each"] / off["cpu_ms_each"] - 1
-        figures["app_cpu_overhead"] = figures["app_cpu_ms_each"] / off["app_cpu_ms_each"] - 1
-        figures["throughput_ratio"] = figures["executions_per_s"] / off["executions_per_s"]
-        # The model: spans per execution times the measured cost of one span, against off's web+worker CPU.
-        figures["modelled_app_cpu_overhead"] = figures["spans_each"] * span_us / 1000 / off["app_cpu_ms_each"]
-        summary["modes"][mode] = figures
-    summary["cpu_overhead"] = summary["modes"]["on"]["cpu_overhead"]
-    summary["span_cost_us"] = span_us
-    # About 20 JSON log lines and no agent message per execution of this workload (scripted, no replies).
-    summary["off_path_us_each"] = off_path_us_per_execution(log_lines=20, messages=1)
-    summary["off_path_share"] = summary["off_path_us_each"] / 1000 / summary["modes"]["off"]["app_cpu_ms_each"]
-    summary["setup"] = {"executions_per_round": executions, "client_threads": clients,
-                        "worker": f"prefork -c {concurrency}", "web": "gunicorn gevent x2",
-                        "exporter": "OTLP/HTTP protobuf, BatchSpanProcessor (SDK defaults: 5 s, 512 spans)",
-                        "instrumentations": "on: flask, celery, httpx (default); on+db+redis: also psycopg, redis",
-                        "provider": "scripted, no delay, 4 words"}
-    return summary
+
+def stop_all(stacks: dict[str, Stack]) -> None:
+    for stack in stacks.values():
+        stack.stop()
+
+
+def checkpoint(record: dict[str, Any]) -> Path:
+    """The results file as measured so far (the chart only once the run is complete)."""
+    bars = {f"{mode} ms": figures["cpu_ms_each"] for mode, figures in record["modes"].items()}
+    return save("tracing", record, bars if record["complete"] else None, ylabel="web+worker CPU ms per execution")
+
+
+def report(record: dict[str, Any]) -> None:
+    """The tables and the verdict, from whatever rounds completed."""
+    modes = record["setup"]["modes"]
+    rows = record["side_by_side"]
+    if not rows:
+        print("no side-by-side round completed")
+        return
+    print(table(rows, ["round", "seconds", "load_avg_1m", *modes, *[f"{m}/off" for m in modes if m != "off"],
+                       "shared_ms_each"]))
+    for mode, figures in record["modes"].items():
+        ratio = figures.get("ratio_to_off_median")
+        print(f"{mode:>12}: {figures['cpu_ms_each']:.2f} ms web+worker CPU each, {figures['executions_per_s']:.1f} "
+              f"exec/s, {figures['spans_each']:.1f} spans each" + (f"; {mode}/off median {ratio:.3f}" if ratio else ""))
+    print(f"one span costs {record['span_cost_us']:.0f} us of CPU (created, batched, encoded, posted)")
+    print(f"tracing off: what still runs costs {record['off_path_us_each']:.1f} us per execution")
+    if "on" in record["modes"]:
+        on = record["modes"]["on"]["ratio_to_off_median"]
+        print(f"target: on/off CPU per execution < {TARGET:.2f} in the median: {on:.3f} "
+              f"({'met' if on < TARGET else 'NOT met'})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--executions", type=int, default=200)
-    parser.add_argument("--clients", type=int, default=8)  # PostgreSQL is shared: fewer connections held
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--executions", type=int, default=150, help="per mode per round")
+    parser.add_argument("--clients", type=int, default=4, help="client threads per mode")  # PostgreSQL is shared
+    parser.add_argument("--pair-rounds", type=int, default=5, help="side-by-side rounds (every mode loaded at once)")
+    parser.add_argument("--sequential", type=int, default=0, help="rounds loading one mode at a time")
+    parser.add_argument("--modes", default="off,off-2,on", help=f"a subset of {','.join(MODES)}, with off")
     parser.add_argument("--worker-concurrency", type=int, default=4)
-    parser.add_argument("--pair-rounds", type=int, default=3, help="rounds with every mode loaded at once")
     args = parser.parse_args()
-    result = run(args.executions, args.clients, args.rounds, args.worker_concurrency, args.pair_rounds)
-    print(table(result["rows"], ["round", "tracing", "executions_per_s", "cpu_ms_each", "app_cpu_ms_each",
-                                 "spans_each", "receiver_cpu_ms_each"]))
-    for mode, figures in result["modes"].items():
-        print(f"{mode:>12}: {figures['executions_per_s']:.1f} exec/s, {figures['cpu_ms_each']:.2f} ms cpu each "
-              f"(web+worker {figures['app_cpu_ms_each']:.2f}), {figures['spans_each']:.1f} spans each; "
-              f"cpu {figures['cpu_overhead']:+.1%} (web+worker {figures['app_cpu_overhead']:+.1%}), "
-              f"throughput x{figures['throughput_ratio']:.2f}; modelled web+worker "
-              f"{figures['modelled_app_cpu_overhead']:+.1%}")
-    pairs = result["side_by_side"]
-    print(table(pairs["rows"], ["round", "seconds", *MODES, "shared_ms_each"]))
-    print("side by side, web+worker cpu ms per execution (median): " + ", ".join(
-        f"{mode} {pairs['app_cpu_ms_each'][mode]:.2f} ({pairs['app_cpu_overhead'][mode]:+.1%})" for mode in MODES))
-    print(f"one span costs {result['span_cost_us']:.0f} us of CPU (created, batched, encoded, posted)")
-    print("target: tracing on (default instrumentations) < +10% CPU per execution")
-    print(f"tracing off: what still runs costs {result['off_path_us_each']:.1f} us per execution "
-          f"({result['off_path_share']:.3%} of its web+worker CPU)")
-    bars = {f"{mode} exec/s": figures["executions_per_s"] for mode, figures in result["modes"].items()}
-    print(f"\nwritten: {save('tracing', result, bars, ylabel='per second')}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stopped: the stacks stopped, what was measured kept
+    record: dict[str, Any] = {"complete": False, "sequential": [], "side_by_side": [], "modes": {}}
+    try:
+        run(args, record)
+        record["complete"] = True
+    finally:
+        if "setup" in record:
+            path = checkpoint(record)
+            report(record)
+            print(f"\nwritten: {path}" + ("" if record["complete"] else " (incomplete run)"))
 
 
 if __name__ == "__main__":

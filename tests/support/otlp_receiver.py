@@ -66,7 +66,7 @@ class _Handler(BaseHTTPRequestHandler):
         return
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        """GET /stats: {spans, bytes, exports} so far (the bench reads it from another process)."""
+        """GET /stats: {spans, bytes, exports, services} so far (the bench reads it from another process)."""
         payload = json.dumps(self.server.receiver.stats()).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
@@ -107,6 +107,7 @@ class OtlpReceiver:
         self.raw: list[bytes] = []
         self.keep = keep  # False: count only (a long bench run)
         self.counts = {"spans": 0, "bytes": 0, "exports": 0}
+        self.by_service: dict[str, int] = {}  # spans per service.name (the bench names one per stack)
         self._lock = threading.Lock()
         self._server = _Server(self, port)
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -121,13 +122,15 @@ class OtlpReceiver:
         with self._lock:
             self.counts = {"spans": self.counts["spans"] + len(spans), "bytes": self.counts["bytes"] + len(body),
                            "exports": self.counts["exports"] + 1}
+            for span in spans:
+                self.by_service[str(span["service"])] = self.by_service.get(str(span["service"]), 0) + 1
             if self.keep:
                 self.raw.append(body)
                 self.spans.extend(spans)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         with self._lock:
-            return dict(self.counts)
+            return {**self.counts, "services": dict(self.by_service)}
 
     def snapshot(self) -> list[Span]:
         with self._lock:

@@ -11,6 +11,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from app import tool_spans, tracing
 from app.llm import get_provider, traced
@@ -119,6 +120,9 @@ def test_log_lines_carry_the_trace_id(span_exporter: InMemorySpanExporter) -> No
     with trace.get_tracer("test").start_as_current_span("work") as span:
         line = json.loads(JsonFormatter().format(record))
         assert str(tracing.current_traceparent()).startswith(f"00-{line['trace_id']}-{line['span_id']}-")
+        carrier: dict[str, str] = {}
+        TraceContextTextMapPropagator().inject(carrier)
+        assert tracing.current_traceparent() == carrier["traceparent"]  # written as the propagator writes it
     assert line["trace_id"] == format(span.get_span_context().trace_id, "032x")
     assert "trace_id" not in json.loads(JsonFormatter().format(record))
 

@@ -118,7 +118,13 @@ def test_one_execution_is_one_trace_from_the_post_to_the_providers_http_call(
     for name in CHAIN:
         (task,) = named(spans, name)
         assert task["service"] == "agent-runtime-worker" and task["kind"] == CONSUMER
-    assert named(spans, "apply_async/executions.governance")[0]["service"] == "agent-runtime-web"
+    (sent,) = named(spans, "apply_async/executions.governance")
+    assert sent["service"] == "agent-runtime-web" and sent["kind"] == PRODUCER
+    assert sent["parent_span_id"] == post["span_id"]
+    # A hand-off from a running task has no PRODUCER span (app/celery_spans.py): each step is its sender's child.
+    assert [span["name"] for span in spans if span["kind"] == PRODUCER] == ["apply_async/executions.governance"]
+    for sender, receiver in zip(CHAIN, CHAIN[1:], strict=False):
+        assert by_id[named(spans, receiver)[0]["parent_span_id"]]["name"] == sender
 
     (llm,) = [span for span in spans if span["name"].startswith("chat ")]
     assert llm["name"] == "chat gpt-fake" and llm["kind"] == CLIENT
