@@ -29,9 +29,7 @@ _silent: dict[str, float] = {}  # host:port -> when (monotonic) it last left one
 
 
 def drop_and_fail_over(connection: Any, hub: Any = None) -> None:
-    """Forget a kombu connection's socket without the close handshake, then point it at the next node.
-
-    The node is also skipped by connections built after (a pool replaces a connection that failed)."""
+    """Forget the socket without the close handshake and point at the next node; new connections skip this one."""
     _silent[connection.host] = time.monotonic()
     raw = connection._connection  # not .connection, which would connect again  # noqa: SLF001
     if hub is not None and raw is not None and raw.sock is not None:
@@ -44,9 +42,11 @@ _KombuConnection: Any = Connection  # partly annotated: its methods would count 
 
 
 class FailoverConnection(_KombuConnection):  # type: ignore[misc]
-    """A kombu connection that gives up its socket when the node leaves a read unanswered, and that skips
-    silent nodes when it (re)connects: pooled connections are built anew from the first listed node, and
-    kombu gives up a connect whose one handshake used up the connect timeout without trying the next."""
+    """Gives up its socket when the node leaves a read unanswered, and skips silent nodes when it (re)connects.
+
+    Pooled connections are built anew from the first listed node, and kombu gives up a connect whose one
+    handshake used up the connect timeout without trying the next node: hence the skip.
+    """
 
     def _establish_connection(self) -> Any:
         self._skip_silent()
