@@ -21,7 +21,10 @@ task_default_queue = "executions"
 imports = ["tasks.executions"]
 task_default_delivery_mode = "persistent"
 task_publish_retry = True
-task_publish_retry_policy = {"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
+# Used by the worker for a chain's next step (the web's enqueue retries on its own, app/services/chain_publish.py).
+# Giving up loses the step, so the retries outlast a frozen node: each try waits at most BROKER_SOCKET_TIMEOUT_S and
+# the next one goes to the next node, whose confirm waits until the queue has elected a new leader.
+task_publish_retry_policy = {"max_retries": 4, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5}
 
 worker_prefetch_multiplier = 1
 # On for Flower; CELERY_TASK_EVENTS=0 turns both off (app/config.py, applied by app/celery_app.py).

@@ -37,14 +37,22 @@ def celery_init_app(app: Flask) -> Celery:
             with app.app_context(), log_context(task_id=self.request.id):
                 return self.run(*args, **kwargs)
 
-    celery_app = Celery(app.name, task_cls=FlaskTask)
+    # Connections and the event dispatcher that leave a frozen node (app/celery_failover.py).
+    celery_app = Celery(app.name, task_cls=FlaskTask, amqp="app.celery_failover:FailoverAMQP",
+                        events="app.celery_failover:FailoverEvents")
     celery_app.config_from_object("celeryconfig")
     celery_app.conf.broker_url = app.config["BROKER_URL"]
     celery_app.conf.broker_heartbeat = app.config["BROKER_HEARTBEAT_S"]
-    # Every Celery connection reports connection.blocked, so enqueues fail fast during a broker alarm.
+    # Every Celery connection reports connection.blocked, so enqueues fail fast during a broker alarm, and no
+    # socket read or write of one blocks longer than BROKER_SOCKET_TIMEOUT_S: a frozen node answers nothing, and
+    # Celery's own confirms (task events, a chain's next step, heartbeats) and close handshakes wait with no
+    # deadline (docs/decisions.md, "A frozen node").
+    socket_timeout = app.config["BROKER_SOCKET_TIMEOUT_S"]
     celery_app.conf.broker_transport_options = {
         **celery_app.conf.broker_transport_options,
         **chain_publish.transport_callbacks(app.config["BROKER_URL"]),
+        "read_timeout": socket_timeout,
+        "write_timeout": socket_timeout,
     }
     # The executions queue comes from the one topology module: quorum with QUEUE_TYPE=quorum (Celery then turns
     # global QoS off by itself, worker_detect_quorum_queues), classic and argument-free otherwise.

@@ -39,6 +39,9 @@ def from_environment() -> dict[str, Any]:
         "CONFIRM_TIMEOUT_S": _float("CONFIRM_TIMEOUT_S", 5.0),
         # The worker's AMQP heartbeat: how soon it notices a frozen broker node and fails over (Celery's default).
         "BROKER_HEARTBEAT_S": _float("BROKER_HEARTBEAT_S", 120.0),
+        # Longest a Celery connection's socket read or write may block: a frozen node (SIGSTOP, a hung machine)
+        # keeps its sockets open and answers nothing, so a confirm or close handshake with no deadline hung.
+        "BROKER_SOCKET_TIMEOUT_S": _float("BROKER_SOCKET_TIMEOUT_S", 10.0),
         "MESSAGE_STREAM_POLL_S": _float("MESSAGE_STREAM_POLL_S", 0.5),
         "MAX_CONTENT_LENGTH": _int("MAX_CONTENT_LENGTH", 1024 * 1024),
         "RATE_LIMIT_PER_MINUTE": _int("RATE_LIMIT_PER_MINUTE", 0),

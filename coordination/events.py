@@ -2,7 +2,8 @@
 
 - Anonymous subscriptions (and listen()) get an exclusive, auto-delete, server-named queue: events reach
   them from the moment the queue is bound until the connection closes.
-- Named subscriptions get a durable queue ``events.<name>`` that keeps events while nobody consumes it.
+- Named subscriptions get a durable queue ``events.<name>`` that keeps events while nobody consumes it;
+  with queue_type="quorum" a new one is a quorum queue (an existing one keeps its type).
   Its bindings persist too: reuse a name only with the same pattern (RabbitMQ keeps old bindings).
   Two live subscribers of one name share the queue's events (competing consumers).
 - A handler runs in the subscription's own thread; the delivery is acked after it returns. A handler
@@ -24,7 +25,7 @@ from coordination import broker
 from coordination.broker import Outgoing, SessionPool, connect, raw_connection
 from coordination.envelope import dumps, iso, new_id, utcnow
 from coordination.errors import BrokerBlocked, BrokerUnavailable, Nacked, NotConfirmed
-from coordination.topology import EVENTS_EXCHANGE, declare_topology_on
+from coordination.topology import EVENTS_EXCHANGE, declare_subscription_queue, declare_topology_on, validate_queue_type
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,8 @@ def decode_event(body: bytes | str) -> dict[str, Any]:
 class _Consumer:
     """A connection with one queue bound to a pattern and a consumer on it (one thread uses it)."""
 
-    def __init__(self, broker_url: str, pattern: str, name: str | None, timeout_s: float, prefetch: int) -> None:
+    def __init__(self, broker_url: str, pattern: str, name: str | None, timeout_s: float, prefetch: int,
+                 queue_type: str = "classic") -> None:
         self.connection = connect(broker_url, timeout_s=timeout_s)
         self.raw = raw_connection(self.connection)
         try:
@@ -68,7 +70,7 @@ class _Consumer:
             if name is None:
                 declared = self.channel.queue_declare(queue="", exclusive=True, auto_delete=True)
             else:
-                declared = self.channel.queue_declare(queue=f"events.{name}", durable=True, auto_delete=False)
+                declared = declare_subscription_queue(self.channel, f"events.{name}", queue_type)
             self.queue = declared.queue
             self.channel.queue_bind(queue=self.queue, exchange=EVENTS_EXCHANGE, routing_key=pattern)
             self.channel.basic_qos(0, prefetch, False)
@@ -107,6 +109,7 @@ class Subscription:
         name: str | None = None,
         timeout_s: float = 5.0,
         prefetch: int = 100,
+        queue_type: str = "classic",
     ) -> None:
         self.pattern = validate_pattern(pattern)
         if name is not None and not _NAME.fullmatch(name):
@@ -116,10 +119,12 @@ class Subscription:
         self.broker_url = broker_url
         self.timeout_s = timeout_s
         self.prefetch = prefetch
+        self.queue_type = validate_queue_type(queue_type)
         self._stop = threading.Event()
         # Bind in the caller's thread, so every event published after subscribe() returns is delivered.
         try:
-            self._consumer: _Consumer | None = _Consumer(broker_url, pattern, name, timeout_s, prefetch)
+            self._consumer: _Consumer | None = _Consumer(broker_url, pattern, name, timeout_s, prefetch,
+                                                         self.queue_type)
         except broker.CONNECTION_ERRORS as exc:
             raise BrokerUnavailable(f"cannot subscribe to {pattern!r}: {exc}") from exc
         self.queue = self._consumer.queue
@@ -142,7 +147,7 @@ class Subscription:
             try:
                 if consumer is None:
                     consumer = self._consumer = _Consumer(
-                        self.broker_url, self.pattern, self.name, self.timeout_s, self.prefetch
+                        self.broker_url, self.pattern, self.name, self.timeout_s, self.prefetch, self.queue_type
                     )
                     log.warning("subscription %s reconnected; queue %s", self.name or "anon", consumer.queue)
                 consumer.consume(self._on_message, no_ack=False)
@@ -230,9 +235,11 @@ class EventListener:
 class EventBus:
     """Publish events with confirms; subscribe handlers or iterate a listener."""
 
-    def __init__(self, broker_url: str, *, confirm_timeout_s: float = 5.0, pool: SessionPool | None = None) -> None:
+    def __init__(self, broker_url: str, *, confirm_timeout_s: float = 5.0, pool: SessionPool | None = None,
+                 queue_type: str = "classic") -> None:
         self.broker_url = broker_url
         self.confirm_timeout_s = confirm_timeout_s
+        self.queue_type = validate_queue_type(queue_type)  # of new named subscriptions' queues
         # No agents.dead declaration: the bus does not know QUEUE_TYPE, and a wrong type would be refused.
         self.pool = pool or SessionPool(broker_url, timeout_s=confirm_timeout_s, queue_type=None)
 
@@ -276,7 +283,8 @@ class EventBus:
 
     def subscribe(self, *, event_type: str, handler: EventHandler, name: str | None = None) -> Subscription:
         """Bind a queue to the pattern (before returning) and feed handler from a background thread."""
-        return Subscription(self.broker_url, event_type, handler, name=name, timeout_s=self.confirm_timeout_s)
+        return Subscription(self.broker_url, event_type, handler, name=name, timeout_s=self.confirm_timeout_s,
+                            queue_type=self.queue_type)
 
     def listen(self, pattern: str, timeout: float | None = None) -> EventListener:
         """An iterator of events matching pattern, bound now; yields None after each idle `timeout`."""

@@ -14,10 +14,11 @@ Exchanges and queues:
 - ``executions`` and ``executions.llm`` (direct exchanges and durable queues of QUEUE_TYPE): Celery's task
   queues (the LLM step has its own, celeryconfig task_routes; celery_app.py takes them from here).
 
-QUEUE_TYPE=quorum makes the inboxes, ``agents.dead`` and ``executions`` quorum queues (replicated over a
-cluster's nodes: losing one node of three loses no confirmed message). Quorum queues refuse exclusive
-queues, priorities and global QoS: the event bus's anonymous queues stay classic (exclusive, they die with
-their connection anyway), nothing here uses priorities, and Celery turns off global QoS when it sees a
+QUEUE_TYPE=quorum makes the inboxes, ``agents.dead``, ``executions``, ``executions.llm`` and new named event
+subscriptions (``events.<name>``) quorum queues (replicated over a cluster's nodes: losing one node of three
+loses no confirmed message). Quorum queues refuse exclusive queues, priorities and global QoS: the event
+bus's anonymous queues stay classic (exclusive, they die with their connection anyway), nothing here uses
+priorities, and Celery turns off global QoS when it sees a
 quorum queue (worker_detect_quorum_queues). A queue's type is fixed when it is declared: switching
 QUEUE_TYPE needs a new vhost (or the queues deleted while empty); RabbitMQ answers PRECONDITION_FAILED for
 the inboxes and ``executions``. ``agents.dead`` keeps the type it was created with (it is shared by inboxes
@@ -159,6 +160,18 @@ def declare_topology_on(channel: Any, queue_type: str | None = "classic") -> Non
         exchange(channel).declare()
     if queue_type is not None and not _exists(channel, DEAD_QUEUE):
         dead_queue(queue_type)(channel).declare()
+
+
+def declare_subscription_queue(channel: Any, name: str, queue_type: str = "classic") -> Any:
+    """Declare a named event subscription's durable queue: of queue_type when new, of the type it has if not.
+
+    A quorum queue survives the loss of a node with the events it holds; an existing subscription keeps its
+    type (as agents.dead does), so switching QUEUE_TYPE does not make RabbitMQ refuse the next subscribe.
+    """
+    if _exists(channel, name):
+        return channel.queue_declare(queue=name, passive=True)
+    return channel.queue_declare(queue=name, durable=True, auto_delete=False,
+                                 arguments=typed_arguments(queue_type) or None)
 
 
 def _exists(channel: Any, queue: str) -> bool:

@@ -105,7 +105,7 @@ def _build(app: Flask) -> Clients:
     )
     return Clients(
         social=social,
-        bus=EventBus(config["BROKER_URL"], confirm_timeout_s=timeout_s),
+        bus=EventBus(config["BROKER_URL"], confirm_timeout_s=timeout_s, queue_type=config["QUEUE_TYPE"]),
         watcher=InboxWatcher(config["BROKER_URL"], timeout_s=timeout_s),
         pid=os.getpid(),
     )

@@ -1,4 +1,8 @@
-"""A TCP proxy that can be cut: every open connection is reset and new ones are refused until it is restored."""
+"""A TCP proxy that can be cut (every open connection reset, new ones refused until restored) or frozen.
+
+Frozen, it keeps every connection open and accepts new ones but forwards nothing either way: what clients
+see of a SIGSTOPped or hung server.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +19,16 @@ def through(url: str, port: int, host: str = "127.0.0.1") -> str:
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:port to a target; cut() simulates the server vanishing, restore() brings it back."""
+    """Forwards 127.0.0.1:port to a target; cut() simulates the server vanishing, restore() brings it back;
+    freeze() a server that hangs with its sockets open, thaw() one that answers again."""
 
     def __init__(self, target: tuple[str, int], host: str = "127.0.0.1") -> None:
         self.target = target
         self.listener = socket.create_server((host, 0))
         self.port: int = self.listener.getsockname()[1]
         self._cut = threading.Event()
+        self._thawed = threading.Event()
+        self._thawed.set()
         self._closing = threading.Event()
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
@@ -50,6 +57,7 @@ class CuttableProxy:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._thawed.wait()
                 dst.sendall(data)
         except OSError:
             pass
@@ -78,8 +86,16 @@ class CuttableProxy:
     def restore(self) -> None:
         self._cut.clear()
 
+    def freeze(self) -> None:
+        """Forward nothing more, in either direction, but keep every connection open (a frozen server)."""
+        self._thawed.clear()
+
+    def thaw(self) -> None:
+        self._thawed.set()
+
     def close(self) -> None:
         self._closing.set()
+        self.thaw()
         self.cut()
         self.listener.close()
 

@@ -79,6 +79,34 @@ def test_named_subscription_keeps_events_while_closed(bus: EventBus) -> None:
             session.channel().queue_delete(f"events.{name}")
 
 
+def test_named_subscriptions_are_quorum_queues_with_quorum_and_old_ones_keep_their_type(
+    bus: EventBus, coord_broker_url: str
+) -> None:
+    """QUEUE_TYPE=quorum: a new named subscription's queue is quorum (kept events survive a node loss on a
+    cluster); one created classic before keeps its type, so subscribing to it again is not refused."""
+    scope = uuid.uuid4().hex[:8]
+    fresh, old = f"q-{scope}", f"c-{scope}"
+    quorum_bus = EventBus(coord_broker_url, queue_type="quorum")
+    bus.subscribe(event_type=f"old{scope}.#", handler=Collector(), name=old).close()
+    try:
+        for name, pattern in ((fresh, f"new{scope}.#"), (old, f"old{scope}.#")):
+            quorum_bus.subscribe(event_type=pattern, handler=Collector(), name=name).close()
+            missed = [quorum_bus.publish(event_type=pattern.replace("#", "step"), data={"n": n}) for n in range(3)]
+            after = Collector()
+            with quorum_bus.subscribe(event_type=pattern, handler=after, name=name):
+                assert wait_for(lambda after=after, missed=missed: after.ids() == missed)
+        with bus.pool.session() as session:
+            # A redeclare with other x-queue-type arguments is refused, so these succeed only for the right type.
+            session.channel().queue_declare(queue=f"events.{fresh}", durable=True, auto_delete=False,
+                                            arguments={"x-queue-type": "quorum"})
+            session.channel().queue_declare(queue=f"events.{old}", durable=True, auto_delete=False)
+    finally:
+        with bus.pool.session() as session:
+            for name in (fresh, old):
+                session.channel().queue_delete(f"events.{name}")
+        quorum_bus.close()
+
+
 def test_anonymous_subscription_gets_nothing_published_before_it(bus: EventBus) -> None:
     scope = uuid.uuid4().hex[:8]
     bus.publish(event_type=f"x{scope}.early", data={})
