@@ -19,7 +19,7 @@ from app.extensions import db
 from app.services import agents, auth, coordination_clients
 from app.services.auth import Principal
 from app.services.errors import ServiceError
-from coordination.mailbox import run_mailbox
+from coordination.mailbox_process import run_mailbox
 
 IMPORT_ACTOR = "cli"
 

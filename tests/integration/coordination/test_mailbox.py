@@ -18,7 +18,8 @@ from sqlalchemy import Connection, Engine
 from coordination.broker import BrokerSession
 from coordination.deadletters import list_dead_letters
 from coordination.errors import DeliveryError
-from coordination.mailbox import Mailbox, management_agent_lister
+from coordination.mailbox import Mailbox
+from coordination.mailbox_process import management_agent_lister
 from coordination.social import SocialLayer
 from coordination.topology import AGENTS_EXCHANGE
 from tests.integration.coordination.helpers import count_rows, stored_ids, wait_for
