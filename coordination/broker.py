@@ -5,7 +5,8 @@ its own and raises on basic.return without waiting for the ack that follows it, 
 that the next publish would take as its own. Here every publish gets the delivery tag the broker will
 confirm, basic.return is matched to its tag (RabbitMQ sends it before the basic.ack), and a batch is
 published first and confirmed afterwards (pipelined). A session is never used by two threads or greenlets
-at once (kombu #566, #1248): callers check one out of a SessionPool and give it back.
+at once (kombu #566, #1248): callers check one out of a SessionPool (coordination/session_pool.py)
+and give it back.
 
 Flow control: every session's connection is watched for connection.blocked (coordination/flow.py). A
 publish on a blocked connection sends nothing and answers BLOCKED at once; a block heard while waiting for
@@ -19,8 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +29,6 @@ import kombu.exceptions
 from kombu import Connection
 
 from coordination.flow import FLOW
-from coordination.forksafe import ForkSafeLock
 from coordination.topology import declare_topology_on
 
 log = logging.getLogger(__name__)
@@ -313,63 +312,3 @@ class BrokerSession:
             self.connection.release()
         except Exception:  # noqa: BLE001 - closing a dead connection must not raise
             pass
-
-
-class SessionPool:
-    """Hands each thread or greenlet a session of its own; keeps a few idle ones for reuse."""
-
-    def __init__(
-        self,
-        broker_url: str,
-        *,
-        timeout_s: float = 5.0,
-        max_idle: int = 8,
-        factory: Callable[[], BrokerSession] | None = None,
-        queue_type: str | None = "classic",
-    ) -> None:
-        self.broker_url = broker_url
-        self.timeout_s = timeout_s
-        self.max_idle = max_idle
-        self._factory = factory or (lambda: BrokerSession(broker_url, timeout_s=timeout_s, queue_type=queue_type))
-        self._idle: list[BrokerSession] = []
-        self._lock = ForkSafeLock()
-
-    def new_session(self) -> BrokerSession:
-        """Open a fresh session (raises the connection error if the broker is unreachable)."""
-        return self._factory()
-
-    def _take(self) -> BrokerSession:
-        with self._lock:
-            if self._idle:
-                return self._idle.pop()
-        return self.new_session()
-
-    def give_back(self, session: BrokerSession) -> None:
-        """Return a healthy session to the pool, or close a broken one."""
-        if session.broken:
-            session.close()
-            return
-        with self._lock:
-            if len(self._idle) < self.max_idle:
-                self._idle.append(session)
-                return
-        session.close()
-
-    @contextmanager
-    def session(self) -> Iterator[BrokerSession]:
-        """Check out a session for the duration of the block; errors inside mark it broken."""
-        session = self._take()
-        try:
-            yield session
-        except BaseException:
-            session.broken = True
-            raise
-        finally:
-            self.give_back(session)
-
-    def close(self) -> None:
-        """Close every idle session (sessions checked out are closed when given back)."""
-        with self._lock:
-            idle, self._idle = self._idle, []
-        for session in idle:
-            session.close()

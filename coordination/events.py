@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from coordination import broker
-from coordination.broker import Outgoing, SessionPool, connect, raw_connection
+from coordination.broker import Outgoing, connect, raw_connection
 from coordination.envelope import dumps, iso, new_id, utcnow
 from coordination.errors import BrokerBlocked, BrokerUnavailable, Nacked, NotConfirmed
+from coordination.session_pool import SessionPool
 from coordination.topology import EVENTS_EXCHANGE, declare_subscription_queue, declare_topology_on, validate_queue_type
 
 log = logging.getLogger(__name__)

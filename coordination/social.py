@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine
 
 from coordination import broker
-from coordination.broker import BrokerSession, Outgoing, SessionPool
+from coordination.broker import BrokerSession, Outgoing
 from coordination.envelope import encode_message, new_id, utcnow
 from coordination.errors import (
     BatchDeliveryError,
@@ -24,6 +24,7 @@ from coordination.errors import (
 from coordination.inbox import AttemptTracker, DrainResult, StoredHook, drain_inbox, read_inbox
 from coordination.locks import InboxLock, lock_for
 from coordination.notify import notify
+from coordination.session_pool import SessionPool
 from coordination.topology import DEFAULT_MAX_ATTEMPTS, validate_agent_id, validate_queue_type
 
 log = logging.getLogger(__name__)
