@@ -13,6 +13,10 @@ accept_content = ["json"]
 event_serializer = "json"
 
 task_ignore_result = True
+# No result backend, but Celery builds its (disabled) backend once per thread unless told it is thread safe, and under
+# gevent each request is a new greenlet: every POST /execute loaded the result-backend entry points from disk again
+# (9% of the web process's CPU at 1,000 streams, py-spy; issue 12).
+result_backend_thread_safe = True
 task_acks_late = True
 task_reject_on_worker_lost = True
 task_track_started = True

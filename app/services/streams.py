@@ -21,8 +21,11 @@ EVENT_TYPES = frozenset({"status", "delta", "reset", "tool_call", "tool_result"}
 # one) and anything from an LLM run that lost its lease (a zombie of a killed worker); numbers events 1, 2, 3.
 # Also reports the cancel flag, so the LLM step learns of a cancel with each chunk at no extra round trip,
 # and drops the LLM run's lease with the terminal event (the execution is over).
+# An accepted event of a run also extends its lease (ARGV[8] ms, '' for none): a streaming run needs no separate
+# refresh round trip (issue 12: at 2 deltas/s per stream the refresh was one Redis call in five).
 # KEYS: stream, seq counter, terminal marker, the lease naming the current run, cancel flag, last emit.
-# ARGV: event, data, terminal?, run, maxlen, ttl, emit token. Expiry is set on the first and the terminal event.
+# ARGV: event, data, terminal?, run, maxlen, ttl, emit token, lease ms. Expiry is set on the first and the terminal
+# event.
 # Idempotent per emit token: when Redis dies after running the script but before its reply arrives, the
 # client's retry (same token) gets the id already appended instead of appending the event a second time
 # (a repeated delta found by tests/chaos/test_redis_restart.py).
@@ -41,6 +44,8 @@ redis.call('SET', KEYS[6], ARGV[7] .. ':' .. n, 'EX', ARGV[6])
 if ARGV[3] == '1' then
   redis.call('SET', KEYS[3], n)
   redis.call('DEL', KEYS[4])
+elseif ARGV[4] ~= '' and ARGV[8] ~= '' then
+  redis.call('PEXPIRE', KEYS[4], ARGV[8])
 end
 if n == 1 or ARGV[3] == '1' then
   for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[6]) end
@@ -57,14 +62,16 @@ return 0
 # Takes back a lease that lapsed while its run stalled (queued for a database connection or the audit lock, a
 # starved thread: 1,000 LLM runs per process make that likely), but only if no run holds it now and no event was
 # appended since this run's last one, so a run that another run replaced never resumes (issue 12).
-# KEYS: the lease, seq counter, terminal marker. ARGV: run, lease_ms, the seq this run last saw.
+# Also reports the cancel flag (the run's periodic check is then one round trip).
+# KEYS: the lease, seq counter, terminal marker, cancel flag. ARGV: run, lease_ms, the seq this run last saw.
 _RECLAIM_LUA = """
+local cancel = redis.call('EXISTS', KEYS[4])
 local holder = redis.call('GET', KEYS[1])
-if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
-if holder or redis.call('EXISTS', KEYS[3]) == 1 then return 0 end
-if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return 0 end
+if holder == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return {1, cancel} end
+if holder or redis.call('EXISTS', KEYS[3]) == 1 then return {0, cancel} end
+if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return {0, cancel} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return 1
+return {1, cancel}
 """
 
 MAX_BLOCK_MS = 30_000
@@ -74,6 +81,7 @@ MAX_BLOCK_MS = 30_000
 MAX_CONNECTIONS = int(os.environ.get("REDIS_MAX_CONNECTIONS", "5000"))
 POOL_TIMEOUT_S = float(os.environ.get("REDIS_POOL_TIMEOUT_S", "10"))
 RECONNECT_TRIES = 8  # 0.05, 0.1, 0.2, 0.4, then 0.5 s: about 2.75 s of retrying before an error surfaces
+CANCEL_CHANNEL = "exec:cancels"  # request_cancel publishes the execution id here (app/services/cancel_watch.py)
 REFUSED_TERMINAL = -1
 REFUSED_FENCED = -2
 
@@ -155,15 +163,17 @@ class EventLog:
         return self.emit_checking_cancel(execution_id, event, data, run=run)[0]
 
     def emit_checking_cancel(
-        self, execution_id: str, event: str, data: dict[str, Any], *, run: str = ""
+        self, execution_id: str, event: str, data: dict[str, Any], *, run: str = "", lease_ms: int = 0
     ) -> tuple[int, bool]:
-        """emit(), also answering whether a cancel was requested."""
-        event_id, cancelled = self._emit(keys=_keys(execution_id), args=self._emit_args(event, data, run))
+        """emit(), also answering whether a cancel was requested; an accepted event of `run` extends its lease."""
+        args = self._emit_args(event, data, run)
+        args.append(lease_ms or "")
+        event_id, cancelled = self._emit(keys=_keys(execution_id), args=args)
         return int(event_id), bool(cancelled)
 
     def emit_on(self, pipe: Any, execution_id: str, event: str, data: dict[str, Any], *, run: str = "") -> None:
         """Queue the same append on a redis-py pipeline (benches: many emits in one round trip)."""
-        self._emit(keys=_keys(execution_id), args=self._emit_args(event, data, run), client=pipe)
+        self._emit(keys=_keys(execution_id), args=[*self._emit_args(event, data, run), ""], client=pipe)
 
     def _emit_args(self, event: str, data: dict[str, Any], run: str) -> list[Any]:
         if event not in EVENT_TYPES:
@@ -182,8 +192,14 @@ class EventLog:
 
     def reclaim_run(self, execution_id: str, run: str, lease_ms: int, last_seen_seq: int) -> bool:
         """Keep or take back the lease if it lapsed with nobody else on it and nothing emitted since last_seen_seq."""
+        return self.reclaim_run_checking_cancel(execution_id, run, lease_ms, last_seen_seq)[0]
+
+    def reclaim_run_checking_cancel(self, execution_id: str, run: str, lease_ms: int,
+                                    last_seen_seq: int) -> tuple[bool, bool]:
+        """reclaim_run(), also answering whether a cancel was requested."""
         keys = _keys(execution_id)
-        return bool(self._reclaim(keys=[keys[3], keys[1], keys[2]], args=[run, lease_ms, last_seen_seq]))
+        held, cancelled = self._reclaim(keys=[keys[3], keys[1], keys[2], keys[4]], args=[run, lease_ms, last_seen_seq])
+        return bool(held), bool(cancelled)
 
     def last_event_id(self, execution_id: str) -> int:
         """The id of the newest event appended (0 when none)."""
@@ -226,7 +242,11 @@ class EventLog:
         return [decode_entry(entry_id, fields) for entry_id, fields in entries]
 
     def request_cancel(self, execution_id: str) -> None:
-        self.redis.set(cancel_key(execution_id), "1", ex=self.retention_s)
+        """Set the flag, and tell the LLM runs listening (cancel_watch) in the same round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(cancel_key(execution_id), "1", ex=self.retention_s)
+        pipe.publish(CANCEL_CHANNEL, execution_id)
+        pipe.execute()
 
     def cancel_requested(self, execution_id: str) -> bool:
         return bool(self.redis.exists(cancel_key(execution_id)))

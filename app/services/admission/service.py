@@ -172,12 +172,7 @@ def upkeep(enqueue: Enqueue) -> dict[str, int]:
     """The dispatcher's pass: free slots of ended executions, end waits past wait_timeout_s, resend dispatches
     a dead dispatcher left, then dispatch."""
     st = state()
-    held = st.held_ids()
-    pipe = st.redis.pipeline(transaction=False)
-    for execution_id in held:
-        pipe.exists(f"exec:{execution_id}:terminal")
-    ended = [i for i, found in zip(held, pipe.execute(), strict=True) if found]
-    freed = sum(st.finish(i, only_if_ended=True) for i in ended)
+    freed = sum(st.finish(i, only_if_ended=True) for i in st.ended_held_ids())
     timed_out = _end_waits(st.expire_waits(now_ms=now_ms()))
     resent = 0
     for execution_id, task_ids in st.stale_dispatches(older_than_ms=STALE_DISPATCH_MS, now_ms=now_ms()):

@@ -74,6 +74,7 @@ class AdmissionState:
         self._correct = client.register_script(lua.CORRECT)
         self._pause = client.register_script(lua.PAUSE)
         self._expire = client.register_script(lua.EXPIRE)
+        self._ended_held = client.register_script(lua.ENDED_HELD)
 
     def admit(self, item: Item, *, now_ms: int, capacity: int) -> str | None:
         """None if admitted now; else the reason it waits (it joined its workspace's queue)."""
@@ -121,6 +122,10 @@ class AdmissionState:
 
     def expire_waits(self, *, now_ms: int) -> list[str]:
         return [_text(i) for i in self._expire(args=[now_ms])]
+
+    def ended_held_ids(self) -> list[str]:
+        """Held executions that have ended (their terminal event exists), found in one round trip."""
+        return [_text(i) for i in self._ended_held(args=[])]
 
     def held_ids(self) -> list[str]:
         return [_text(i) for i in self.redis.zrange("adm:slots:global", 0, -1)]

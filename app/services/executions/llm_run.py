@@ -17,13 +17,14 @@ from app.extensions import db
 from app.llm import Timeouts
 from app.llm.stopping import POLL_INTERVAL_S
 from app.models import Execution, ExecutionStatus
+from app.services.cancel_watch import CancelWatch
 from app.services.streams import REFUSED_FENCED, EventLog
 
 LEASE_MS = 5000
 REFRESH_EVERY_S = 1.0
 CLAIM_POLL_S = 0.1
-# Between emits (waits, hangs); every emit reports the flag anyway. Tied to the stop poll (LLM_STOP_POLL_S), so the
-# 1,000-thread LLM worker does not ask Redis for the flag 50 times a second per stream.
+# Between emits (waits, hangs), only while the process's cancel watch is not subscribed (it hears cancels pushed);
+# every emit reports the flag anyway. Tied to the stop poll (LLM_STOP_POLL_S).
 CANCEL_POLL_S = max(0.01, POLL_INTERVAL_S)
 
 
@@ -65,6 +66,7 @@ class Run:
     last_cancel_check: float = 0.0
     cancel_seen: bool = False
     last_seq: int = 0  # the newest event id this run wrote or saw at its claim (for taking a lapsed lease back)
+    watch: CancelWatch | None = None  # cancels pushed to this process; without it the flag is polled
 
     def should_stop(self) -> bool:
         """Polled between chunks and while waiting: timeout, lost lease, or the cancel flag."""
@@ -72,14 +74,21 @@ class Run:
         if now >= self.deadline:
             self.stop_reason = "timed_out"
             return True
-        if now - self.last_refresh >= REFRESH_EVERY_S:
-            self.last_refresh = now
-            if not self.events.reclaim_run(self.execution_id, self.token, LEASE_MS, self.last_seq):
+        if now - self.last_refresh >= REFRESH_EVERY_S:  # no event extended the lease for a while: one round trip
+            self.last_refresh = self.last_cancel_check = now
+            held, cancelled = self.events.reclaim_run_checking_cancel(self.execution_id, self.token, LEASE_MS,
+                                                                      self.last_seq)
+            self.cancel_seen = self.cancel_seen or cancelled
+            if not held:
                 self.stop_reason = "lost"
                 return True
-        if self.cancel_seen or (
-            now - self.last_cancel_check >= CANCEL_POLL_S and self._check_cancel(now)
-        ):
+        elif not self.cancel_seen:
+            heard = self.watch.cancelled(self.execution_id) if self.watch is not None else None
+            if heard:
+                self.cancel_seen = True
+            elif heard is None and now - self.last_cancel_check >= CANCEL_POLL_S:
+                self._check_cancel(now)
+        if self.cancel_seen:
             self.stop_reason = "cancelled"
             return True
         return False
@@ -90,16 +99,18 @@ class Run:
         return self.cancel_seen
 
     def emit(self, event: str, data: dict[str, Any]) -> int:
-        """Append an event; the same round trip reports the cancel flag, so every chunk checks it for free."""
-        event_id, cancelled = self.events.emit_checking_cancel(self.execution_id, event, data, run=self.token)
+        """Append an event; the same round trip extends the lease and reports the cancel flag (no extra calls)."""
+        event_id, cancelled = self.events.emit_checking_cancel(self.execution_id, event, data, run=self.token,
+                                                               lease_ms=LEASE_MS)
         if event_id == REFUSED_FENCED and self.events.reclaim_run(self.execution_id, self.token, LEASE_MS,
                                                                  self.last_seq):
             # The lease lapsed while this run waited (a full pool, a starved thread), and nobody took over.
-            event_id, cancelled = self.events.emit_checking_cancel(self.execution_id, event, data, run=self.token)
+            event_id, cancelled = self.events.emit_checking_cancel(self.execution_id, event, data, run=self.token,
+                                                                   lease_ms=LEASE_MS)
         if event_id < 0:
             raise Lost()
         self.last_seq = event_id
-        self.last_cancel_check = time.monotonic()
+        self.last_refresh = self.last_cancel_check = time.monotonic()
         self.cancel_seen = self.cancel_seen or cancelled
         return event_id
 

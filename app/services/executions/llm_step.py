@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from flask import current_app
 from sqlalchemy import Row, func, update
 
 from app.extensions import db
@@ -32,6 +33,7 @@ from app.models import Agent, ExecutionStatus
 from app.services import admission, audit
 from app.services.admission.llm_calls import retry_settings, wait_for, with_max_tokens
 from app.services.admission.retry import decide_retry
+from app.services.cancel_watch import cancel_watch
 from app.services.executions import llm_config, state
 from app.services.executions.events import event_log
 from app.services.executions.llm_run import LlmSettings, Lost, Run, claim
@@ -114,7 +116,7 @@ def run(previous: dict[str, Any]) -> dict[str, Any]:
     started_at = as_utc(execution.started_at)
     remaining = (started_at + timedelta(seconds=execution.timeout_s) - utcnow()).total_seconds()
     llm_run = Run(execution_id, token, events, deadline=time.monotonic() + remaining, last_refresh=time.monotonic(),
-                  last_seq=seen)
+                  last_seq=seen, watch=cancel_watch(current_app.config["REDIS_URL"]))
     step_started = iso(utcnow())
     try:
         if execution.attempts == 1:

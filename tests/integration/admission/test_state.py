@@ -149,3 +149,12 @@ def test_a_dispatch_not_confirmed_sent_is_handed_out_again(state: AdmissionState
     assert state.stale_dispatches(older_than_ms=30_000, now_ms=T0 + 30_002) == [("w", ["w-t0", "w-t1", "w-t2"])]
     state.sent("w")
     assert state.stale_dispatches(older_than_ms=30_000, now_ms=T0 + 30_003) == []
+
+
+def test_upkeep_finds_the_held_executions_that_ended_in_one_call(state: AdmissionState) -> None:
+    for execution_id in ("e1", "e2", "e3"):
+        assert state.admit(item(execution_id), now_ms=T0, capacity=100) is None
+    state.redis.set("exec:e2:terminal", 5)
+    assert state.ended_held_ids() == ["e2"]
+    assert state.finish("e2", only_if_ended=True)
+    assert state.ended_held_ids() == []
