@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,14 +121,20 @@ class RabbitCluster:
                 continue
         raise RuntimeError("no cluster node answers")
 
-    def leader_of(self, queue: str, vhost: str = "/") -> ClusterNode:
-        """The node that leads a quorum queue now (its Raft leader)."""
-        out = self.live().ctl("list_queues", "-p", vhost, "name", "leader", "--no-table-headers", "--quiet")
-        for line in out.splitlines():
-            parts = line.split()
-            if len(parts) >= 2 and parts[0] == queue:
-                return self.node(parts[1])
-        raise LookupError(f"queue {queue} not found on the cluster")
+    def leader_of(self, queue: str, vhost: str = "/", timeout_s: float = 60.0) -> ClusterNode:
+        """The node that leads a quorum queue now (its Raft leader). Polled: after an earlier fault (a node thawed
+        from SIGSTOP) a queue can be missing from list_queues, or listed without a leader, until it recovers."""
+        names = {node.name for node in self.nodes}
+        deadline = time.monotonic() + timeout_s
+        while True:
+            out = self.live().ctl("list_queues", "-p", vhost, "name", "leader", "--no-table-headers", "--quiet")
+            for line in out.splitlines():
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == queue and parts[1] in names:
+                    return self.node(parts[1])
+            if time.monotonic() > deadline:
+                raise LookupError(f"queue {queue} has no leader on the cluster after {timeout_s:.0f}s:\n{out}")
+            time.sleep(0.5)
 
     def queue_types(self, vhost: str = "/") -> dict[str, str]:
         """name -> type (classic | quorum) of every queue of the vhost."""
