@@ -62,6 +62,7 @@ def test_losing_the_leader_node_loses_nothing(fault: str, sends: int, executions
     for name, value in SERVICE_ENV.items():
         monkeypatch.setenv(name, value)
     with services.postgres_database(f"chaos_{services.run_token()}") as database_url:
+        cluster.wait_whole()  # a previous scenario's victim has rejoined
         app = build_app(database_url, cluster.url, redis_url)
         app.config["CONFIRM_TIMEOUT_S"] = CONFIRM_TIMEOUT_S
         api = new_workspace_client(app)

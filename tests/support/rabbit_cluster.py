@@ -8,6 +8,7 @@ SIGCONT it (a frozen node), raise an alarm.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -126,15 +127,40 @@ class RabbitCluster:
         from SIGSTOP) a queue can be missing from list_queues, or listed without a leader, until it recovers."""
         names = {node.name for node in self.nodes}
         deadline = time.monotonic() + timeout_s
+        seen: dict[str, str] = {}
         while True:
-            out = self.live().ctl("list_queues", "-p", vhost, "name", "leader", "--no-table-headers", "--quiet")
-            for line in out.splitlines():
-                parts = line.split()
-                if len(parts) >= 2 and parts[0] == queue and parts[1] in names:
-                    return self.node(parts[1])
+            for node in self.nodes:  # a node thawed from a freeze may not list queues others lead: ask each
+                try:
+                    out = node.ctl("list_queues", "-p", vhost, "name", "leader", "--no-table-headers", "--quiet",
+                                   timeout=15)
+                except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+                    seen[node.name] = type(exc).__name__
+                    continue
+                seen[node.name] = out
+                for line in out.splitlines():
+                    parts = line.split()
+                    if len(parts) >= 2 and parts[0] == queue and parts[1] in names:
+                        return self.node(parts[1])
             if time.monotonic() > deadline:
-                raise LookupError(f"queue {queue} has no leader on the cluster after {timeout_s:.0f}s:\n{out}")
+                raise LookupError(f"queue {queue} has no leader on the cluster after {timeout_s:.0f}s: {seen}")
             time.sleep(0.5)
+
+    def wait_whole(self, timeout_s: float = 180.0) -> None:
+        """Every node running, in one cluster, no partition seen: what the next scenario starts from (a node thawed
+        from SIGSTOP pauses itself as a minority, pause_minority, until it has rejoined)."""
+        names = sorted(node.name for node in self.nodes)
+
+        def whole() -> bool:
+            for node in self.nodes:
+                try:
+                    status = json.loads(node.ctl("cluster_status", "--formatter", "json", timeout=15))
+                except (subprocess.CalledProcessError, subprocess.TimeoutExpired, ValueError):
+                    return False
+                if sorted(status.get("running_nodes") or []) != names or status.get("partitions"):
+                    return False
+            return True
+
+        _wait(whole, timeout_s, "the cluster whole again (every node running, no partition)")
 
     def queue_types(self, vhost: str = "/") -> dict[str, str]:
         """name -> type (classic | quorum) of every queue of the vhost."""
