@@ -79,6 +79,12 @@ class ClusterNode:
     def thaw(self) -> None:
         os.kill(self.pid(), signal.SIGCONT)
 
+    def rejoin(self) -> None:
+        """What an operator does after a partition: restart the node's app, so it syncs with the majority again
+        (a node thawed from SIGSTOP can stay paused, or keep the partition on record, for minutes)."""
+        self.ctl("stop_app", timeout=120)
+        self.ctl("start_app", timeout=180)
+
     def set_alarm(self, kind: str) -> None:
         self.ctl(*ALARMS[kind][0])
 
