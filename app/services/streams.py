@@ -225,6 +225,13 @@ class EventLog:
         """
         return bool(self.redis.set(queued_key(execution_id), "claimed", nx=True, ex=claim_s))
 
+    def queued_marks(self, execution_ids: list[str]) -> list[bool]:
+        """Which of them carry the queued mark (or a re-queue claim), in one round trip."""
+        pipe = self.redis.pipeline(transaction=False)
+        for execution_id in execution_ids:
+            pipe.exists(queued_key(execution_id))
+        return [bool(found) for found in pipe.execute()]
+
     def unmark_queued(self, execution_id: str) -> None:
         self.redis.delete(queued_key(execution_id))
 

@@ -63,6 +63,24 @@ def test_only_never_queued_pending_executions_are_requeued(pg_app: Flask, script
     assert [args for args in sent if args[0] in mine] == [(lost, stored_task_ids)]
 
 
+def test_a_backlog_of_queued_pending_executions_hides_no_stranded_one(pg_app: Flask,
+                                                                      scripted: tuple[ApiClient, str]) -> None:
+    """Older executions still pending and marked queued (an admission backlog) fill every page before the one
+    that was never queued: the sweep pages through them and sends that one."""
+    api, agent_id = scripted
+    backlog = [record_execution(pg_app, api, agent_id, lambda *args: None) for _ in range(5)]  # marked queued
+    lost = record_execution(pg_app, api, agent_id, lambda *args: None)
+    with pg_app.app_context():
+        event_log().unmark_queued(lost)
+    for age, execution_id in zip(range(200, 100, -10), [*backlog, lost], strict=False):
+        _age(pg_app, execution_id, age)  # the backlog is older: first in created_at order
+    sent: list[tuple[str, list[str]]] = []
+    with pg_app.app_context():
+        requeued = sweeps.requeue_stranded(lambda *args: sent.append(args), older_than_s=60, limit=100, page=2)
+    assert lost in requeued and not set(backlog) & set(requeued)
+    assert [args[0] for args in sent if args[0] in {lost, *backlog}] == [lost]
+
+
 def test_abandoned_running_executions_end_failed_once(pg_app: Flask, scripted: tuple[ApiClient, str]) -> None:
     api, agent_id = scripted
     abandoned = record_execution(pg_app, api, agent_id, lambda *args: None)
