@@ -16,7 +16,7 @@ from app.api.agents import create_fields
 from app.api.schemas import AgentCreate
 from app.api.validation import contains_nul, validation_details
 from app.extensions import db
-from app.services import agents, auth, coordination_clients
+from app.services import agents, auth, coordination_clients, inboxes
 from app.services.auth import Principal
 from app.services.errors import ServiceError
 from coordination.mailbox_process import run_mailbox
@@ -132,7 +132,7 @@ def parse_agent_lines(stream: IO[str]) -> tuple[list[dict[str, Any]], list[str]]
 @click.argument("file", type=click.File("r", encoding="utf-8"))
 @click.option("--workspace", required=True, help="Workspace name; created if it does not exist.")
 @click.option("--batch-size", default=1000, show_default=True, type=click.IntRange(1, 10_000),
-              help="Agents per transaction (and per pipelined round of inbox declares).")
+              help="Agents per transaction.")
 def import_agents(file: IO[str], workspace: str, batch_size: int) -> None:
     """Register one agent per JSON line of FILE (a POST /agents body each), audited `agent.created`.
 
@@ -158,6 +158,17 @@ def import_agents(file: IO[str], workspace: str, batch_size: int) -> None:
         done += len(ids)
         click.echo("\n".join(ids))
     click.echo(f"imported {len(rows)} agents into workspace {workspace} ({workspace_row.id})", err=True)
+
+
+@agents_group.command("declare-inboxes")
+@with_appcontext
+def declare_inboxes_command() -> None:
+    """Declare now the inbox queue of every agent that has none yet (a first send declares it otherwise)."""
+    try:
+        declared = inboxes.declare_undeclared()
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"declared {declared} inboxes")
 
 
 def register_commands(app: Flask) -> None:

@@ -7,7 +7,10 @@ worktree made for the run, at the sizes up to --polling-max) it runs that design
 - mailbox idle CPU: % of one core of the mailbox process (and of the broker) over an idle window;
 - send -> stored without a reader: delivered_at - sent_at of messages sent through the API, p50/p99;
 - send -> delivered on the inbox stream: POST returned -> event read by an SSE client, p50/p99;
-- broker memory per queue (erlang:memory(total) of the private node over its empty baseline);
+- broker memory per registered agent (erlang:memory(total) of the private node over its empty baseline): inboxes
+  are declared by the first send, so only the active ones have a queue; before the polling design runs (it asks
+  every agent's queue) every inbox is declared (`flask agents declare-inboxes`' path, timed), and the memory
+  per queue is measured then;
 - agent creation rate: POST /agents through that design's web (8 client threads), and `flask agents import`'s
   path (create_many) for the bulk.
 
@@ -42,7 +45,7 @@ from sqlalchemy import Engine, create_engine, func, select, text
 from app import create_app
 from app.extensions import db
 from app.services import agents as agents_service
-from app.services import auth
+from app.services import auth, inboxes
 from app.services.auth import Principal
 from bench.execute import free_port, serving, wait_until
 from bench.report import percentile, save, table
@@ -206,6 +209,15 @@ def bulk_create(app: Any, principal: Principal, count: int, node: RabbitNode, ma
                 print(f"broker memory over {max_mb} MB after {made} more agents: stopping the growth", flush=True)
                 break
     return made, made / (time.perf_counter() - started)
+
+
+def declare_all(app: Any) -> float:
+    """Declare every agent's missing inbox (what the polling design needs: it created them with the agent); per s."""
+    with app.app_context():
+        started = time.perf_counter()
+        declared = inboxes.declare_undeclared()
+        elapsed = time.perf_counter() - started
+    return declared / elapsed if declared else 0.0
 
 
 def bare_declares(broker_url: str, count: int) -> float:
@@ -406,7 +418,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         baseline_mb = node_memory_mb(node)
         floor = bare_declares(node.url, args.floor_declares)
         print(f"floor: {floor:.0f} bare inbox declares/s", flush=True)
-        designs = [Design("polling", polling_root), Design("notified", ROOT)]
+        designs = [Design("notified", ROOT), Design("polling", polling_root)]
         registered = 0
         bulk_rates: list[float] = []
         active: list[str] = []
@@ -427,10 +439,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for design in designs:
                 if design.name == "polling" and size > args.polling_max:
                     continue
+                declare_rate = None
+                if design.name == "polling":
+                    declare_rate = declare_all(app)
+                    memory_mb = node_memory_mb(node)
+                    print(f"every inbox declared ({declare_rate:.0f}/s); broker {memory_mb:.0f} MB", flush=True)
                 row = measure(design, registered, env, Path(tmp), node, key, engine, sender, active, args)
                 registered += len(row.pop("created"))
                 row["broker_mem_mb"] = memory_mb
-                row["mem_per_queue_kb"] = (memory_mb - baseline_mb) * 1000 / size
+                row["mem_per_agent_kb"] = (memory_mb - baseline_mb) * 1000 / size
+                row["declare_all_per_s"] = declare_rate
                 row["bulk_creates_per_s"] = bulk_rates[-1] if bulk_rates else None
                 row["api_create_ratio"] = row["api_creates_per_s"] / floor
                 rows.append(row)
@@ -465,7 +483,7 @@ def main() -> None:
                                  "stored_p50_ms", "stored_p99_ms", "stream_p50_ms", "stream_p99_ms",
                                  "api_creates_per_s", "api_create_ratio", "create_cpu_ms_web",
                                  "create_cpu_ms_broker", "create_cpu_ms_postgres", "bulk_creates_per_s",
-                                 "mem_per_queue_kb"]))
+                                 "mem_per_agent_kb", "declare_all_per_s"]))
     print(f"floor: {result['floor_declares_per_s']:.0f} bare inbox declares/s")
     bars = {f"{row['design']} {row['agents']:,}": row["mailbox_idle_cpu_pct"] for row in result["rows"]}
     print(f"\nwritten: {save('agents_scale', result, bars, ylabel='mailbox idle CPU, % of one core')}")

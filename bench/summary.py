@@ -58,7 +58,7 @@ def rows() -> list[dict[str, Any]]:
                                   f"stream p50/p99 {row['stream_p50_ms']:.0f}/{row['stream_p99_ms']:.0f} ms, "
                                   f"POST /agents {row['api_creates_per_s']:.0f}/s "
                                   f"(floor {scale['floor_declares_per_s']:.0f} declares/s), "
-                                  f"{row['mem_per_queue_kb']:.0f} KB/queue"})
+                                  f"{row.get('mem_per_agent_kb', row.get('mem_per_queue_kb', 0.0)):.0f} KB/agent"})
     fairness = _load("fairness")
     if fairness:
         busy, idle, tokens = fairness["busy_wait_s"], fairness["idle_wait_s"], fairness["tokens"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Engine
@@ -25,11 +25,20 @@ from coordination.inbox import AttemptTracker, DrainResult, StoredHook, drain_in
 from coordination.locks import InboxLock, lock_for
 from coordination.notify import notify
 from coordination.session_pool import SessionPool
-from coordination.topology import DEFAULT_MAX_ATTEMPTS, validate_agent_id, validate_queue_type
+from coordination.topology import (
+    AGENTS_EXCHANGE,
+    DEFAULT_MAX_ATTEMPTS,
+    inbox_arguments,
+    inbox_queue_name,
+    validate_agent_id,
+    validate_queue_type,
+)
 
 log = logging.getLogger(__name__)
 
+InboxOwner = Callable[[list[str]], Iterable[str]]
 DEFAULT_MAX_HOPS = 10
+KNOWN_INBOXES_MAX = 200_000  # receivers whose inbox this process declared; forgotten all at once past this
 _MESSAGE_KEYS = frozenset(
     {"from_agent_id", "to_agent_id", "message", "correlation_id", "message_id", "workspace_id", "hop"}
 )
@@ -49,7 +58,13 @@ def _error_for(outcome: str, message_id: str) -> DeliveryError:
 
 
 class SocialLayer:
-    """Agent-to-agent messaging over agents.direct, readable from the inbox table as soon as sent."""
+    """Agent-to-agent messaging over agents.direct, readable from the inbox table as soon as sent.
+
+    With an `inbox_owner`, inboxes are declared on first use: before a process first publishes to a receiver
+    it asks the owner which of the new receivers are registered (the owner records that their queue now
+    exists), declares those inboxes, and remembers them. Registering an agent then costs the broker nothing.
+    Without one, every receiver's inbox must already be declared (a send to a missing one is Unroutable).
+    """
 
     def __init__(
         self,
@@ -63,6 +78,7 @@ class SocialLayer:
         lock: InboxLock | None = None,
         on_stored: StoredHook | None = None,
         pool: SessionPool | None = None,
+        inbox_owner: InboxOwner | None = None,
     ) -> None:
         self.broker_url = broker_url
         self.engine = engine
@@ -74,6 +90,8 @@ class SocialLayer:
         self.on_stored = on_stored
         self.pool = pool or SessionPool(broker_url, timeout_s=confirm_timeout_s, queue_type=self.queue_type)
         self._attempts = AttemptTracker()
+        self.inbox_owner = inbox_owner
+        self._inboxes: set[str] = set()
 
     # -- sending ---------------------------------------------------------------------------------------
 
@@ -111,6 +129,7 @@ class SocialLayer:
         for attempt in range(2):
             try:
                 with self.pool.session() as session:
+                    self._declare_inboxes(session, [item.routing_key for item in outgoing[start:]])
                     part = session.publish(outgoing[start:], timeout_s=self.confirm_timeout_s)
                     sent = zip(outgoing[start:], part, strict=True)
                     notify(session, [item.routing_key for item, result in sent if result == broker.CONFIRMED])
@@ -118,11 +137,51 @@ class SocialLayer:
                 log.warning("cannot connect to the broker (attempt %d): %s", attempt + 1, exc)
                 part = [broker.CONNECTION_LOST] * (len(outgoing) - start)
             results[start:] = part
+            self._inboxes.difference_update(
+                item.routing_key for item, result in zip(outgoing[start:], part, strict=True)
+                if result == broker.UNROUTABLE
+            )  # its queue was deleted behind our back: the next send declares it again
             lost = [i for i, r in enumerate(part) if r in (broker.CONNECTION_LOST, broker.CHANNEL_CLOSED)]
             if not lost:
                 break
             start += lost[0]
         return results
+
+    def _declare_inboxes(self, session: BrokerSession, receivers: Sequence[str]) -> None:
+        """Declare the inboxes of registered receivers this process has not sent to yet: one round trip.
+
+        Declares and binds go pipelined (nowait); the last bind waits, so the broker has handled them all
+        before anything is published. A declare the broker refuses closes the channel: BrokerUnavailable.
+        """
+        if self.inbox_owner is None:
+            return
+        new = [receiver for receiver in dict.fromkeys(receivers) if receiver not in self._inboxes]
+        if not new:
+            return
+        owned = list(dict.fromkeys(self.inbox_owner(new)))
+        if not owned:
+            return
+        arguments = inbox_arguments(self.queue_type, self.max_attempts)
+        channel = session.channel()
+        try:
+            for n, agent_id in enumerate(owned, start=1):
+                name = inbox_queue_name(agent_id)
+                channel.queue_declare(queue=name, durable=True, auto_delete=False, arguments=arguments, nowait=True)
+                channel.queue_bind(queue=name, exchange=AGENTS_EXCHANGE, routing_key=agent_id, nowait=n < len(owned))
+        except broker.CHANNEL_ERRORS as exc:
+            session.reset_channel()
+            raise BrokerUnavailable(f"the broker refused to declare an inbox: {exc}") from exc
+        if len(self._inboxes) + len(owned) > KNOWN_INBOXES_MAX:
+            self._inboxes.clear()
+        self._inboxes.update(owned)
+
+    def declare_inboxes(self, agent_ids: Sequence[str]) -> None:
+        """Declare now the inboxes of those of `agent_ids` the owner calls registered (for foreign publishers)."""
+        try:
+            with self.pool.session() as session:
+                self._declare_inboxes(session, agent_ids)
+        except broker.CONNECTION_ERRORS as exc:
+            raise BrokerUnavailable(f"cannot declare inboxes: {exc}") from exc
 
     def send_message(
         self,

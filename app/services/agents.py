@@ -49,7 +49,7 @@ def _new_row(workspace_id: str, fields: dict[str, Any]) -> dict[str, Any]:
     for column in Agent.__table__.columns:
         if column.name not in row and column.default is not None and column.default.is_scalar:
             row[column.name] = column.default.arg
-    return {"llm": {}, "system_prompt": None, "deleted_at": None, **row, **fields}
+    return {"llm": {}, "system_prompt": None, "deleted_at": None, "inbox_declared_at": None, **row, **fields}
 
 
 def _insert(principal: Principal, rows: list[dict[str, Any]]) -> None:
@@ -63,14 +63,11 @@ def _insert(principal: Principal, rows: list[dict[str, Any]]) -> None:
 
 
 def create(principal: Principal, fields: dict[str, Any]) -> Agent:
-    """Declare the inbox first, then insert, audit and commit: the broker's round trip never runs while this
-    transaction holds the workspace's audit chain head, so creations in one workspace overlap at the broker.
-    No broker: 503 and no row. A failed commit leaves an unused queue, which is harmless. The returned agent
-    is built from the inserted row (not loaded back)."""
+    """Insert, audit and commit; the broker is not asked: the agent's inbox queue is declared by the first send
+    to it (coordination.social), so registering agents costs the broker nothing. The returned agent is built
+    from the inserted row (not loaded back)."""
     fields["tools"] = prepare_tools(principal.workspace_id, fields.get("tools"))
     row = _new_row(principal.workspace_id, fields)
-    db.session.commit()  # hold no transaction (SQLite: no write lock) while waiting for the broker
-    inboxes.declare(row["id"])
     _insert(principal, [row])
     db.session.commit()
     agent = Agent(**row)
@@ -79,14 +76,11 @@ def create(principal: Principal, fields: dict[str, Any]) -> Agent:
 
 
 def create_many(principal: Principal, rows: list[dict[str, Any]]) -> list[str]:
-    """Bulk registration (`flask agents import`): inboxes declared pipelined, then one transaction for the rows
-    and their `agent.created` audit rows; returns the new ids in order. No workspace announcements (they would
-    cost one confirmed publish each)."""
+    """Bulk registration (`flask agents import`): one transaction for the rows and their `agent.created` audit
+    rows; returns the new ids in order. No workspace announcements (they would cost one confirmed publish each)."""
     new_rows = [_new_row(principal.workspace_id, fields) for fields in rows]
     if not new_rows:
         return []
-    db.session.commit()  # hold no transaction (SQLite: no write lock) while waiting for the broker
-    inboxes.declare_many([row["id"] for row in new_rows])
     _insert(principal, new_rows)
     db.session.commit()
     return [row["id"] for row in new_rows]

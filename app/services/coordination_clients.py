@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from flask import Flask, current_app
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, select, update
 
 from app.extensions import db
 from app.metrics import INBOX_LAG, MESSAGES
 from app.models import Agent
 from app.services import audit
+from app.timeutil import utcnow
 from coordination.events import EventBus
 from coordination.forksafe import ForkSafeLock
 from coordination.notify import InboxWatcher
@@ -86,9 +87,20 @@ def on_dead_lettered(conn: Connection, row: dict[str, Any]) -> None:
 
 
 def live_agent_ids(engine: Engine) -> list[str]:
-    """Every non-deleted agent: the inboxes the mailbox drains."""
+    """Every non-deleted agent whose inbox queue was declared: the inboxes the mailbox's sweep asks."""
+    query = select(Agent.id).where(Agent.deleted_at.is_(None), Agent.inbox_declared_at.is_not(None))
     with engine.connect() as conn:
-        return list(conn.execute(select(Agent.id).where(Agent.deleted_at.is_(None))).scalars())
+        return list(conn.execute(query).scalars())
+
+
+def claim_inboxes(engine: Engine, agent_ids: list[str]) -> list[str]:
+    """The live agents among `agent_ids`, each marked as having its inbox queue declared (committed before the
+    caller declares and publishes, so the sweep and readers know of the queue before any message is in it)."""
+    table = Agent.__table__
+    live = (table.c.id.in_(agent_ids)) & (table.c.deleted_at.is_(None))
+    with engine.begin() as conn:
+        conn.execute(update(table).where(live, table.c.inbox_declared_at.is_(None)).values(inbox_declared_at=utcnow()))
+        return list(conn.execute(select(table.c.id).where(live)).scalars())
 
 
 def _build(app: Flask) -> Clients:
@@ -102,6 +114,7 @@ def _build(app: Flask) -> Clients:
         max_hops=int(config["MAX_HOPS"]),
         max_attempts=int(config["MAILBOX_MAX_ATTEMPTS"]),
         on_stored=on_stored,
+        inbox_owner=lambda agent_ids: claim_inboxes(db.engine, agent_ids),
     )
     return Clients(
         social=social,

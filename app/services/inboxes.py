@@ -1,15 +1,18 @@
-"""Each agent's inbox queue lives and dies with the agent."""
+"""Each agent's inbox queue: declared by the first send to the agent (coordination.social), deleted with it."""
 
 from __future__ import annotations
 
 import logging
 
-from flask import current_app
 from kombu.exceptions import OperationalError as KombuOperationalError
+from sqlalchemy import select
 
+from app.extensions import db
+from app.models import Agent
 from app.services import coordination_clients
 from app.services.errors import Unavailable
 from coordination import broker, topology
+from coordination.errors import DeliveryError
 
 log = logging.getLogger(__name__)
 
@@ -17,51 +20,26 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
     KombuOperationalError, OSError, ConnectionError, *broker.CONNECTION_ERRORS, *broker.CHANNEL_ERRORS,
 )
 
+INBOX_ERRORS: tuple[type[BaseException], ...] = (DeliveryError, *BROKER_ERRORS)
 
-def declare(agent_id: str) -> None:
-    """Declare the inbox on a pooled broker session (topology declared once per connection): one round trip.
 
-    No broker, no agent (503, nothing changed). A pooled connection that the broker dropped (restart) only shows
-    it is dead when used, so one failure is retried on a fresh connection; without that, each stale pooled
-    connection cost a client one 503.
-    """
-    pool = coordination_clients.social().pool
-    for attempt in (1, 2):
+def declare_undeclared(*, chunk: int = 1000) -> int:
+    """Declare the inbox of every live agent that has none yet (`flask agents declare-inboxes`): for operators
+    whose foreign publishers send to agents.direct directly. Returns how many were declared."""
+    table = Agent.__table__
+    undeclared = select(table.c.id).where(table.c.deleted_at.is_(None), table.c.inbox_declared_at.is_(None))
+    declared, last = 0, ""
+    while True:
+        page = undeclared.where(table.c.id > last).order_by(table.c.id).limit(chunk)
+        ids = list(db.session.execute(page).scalars())
+        db.session.commit()
+        if not ids:
+            return declared
         try:
-            with pool.session() as session:
-                topology.declare_inbox_on(
-                    session.channel(),
-                    agent_id,
-                    queue_type=current_app.config["QUEUE_TYPE"],
-                    max_attempts=current_app.config["MAILBOX_MAX_ATTEMPTS"],
-                )
-            return
-        except BROKER_ERRORS as exc:
-            if attempt == 2:
-                raise Unavailable("message broker unavailable", {"dependency": "broker"}) from exc
-
-
-def declare_many(agent_ids: list[str], *, chunk: int = 100) -> None:
-    """Declare many inboxes pipelined: declares and binds go without waiting, one round trip per chunk.
-
-    A failed declare closes the channel, so the chunk's closing synchronous call raises its error: 503.
-    """
-    config = current_app.config
-    arguments = topology.inbox_arguments(config["QUEUE_TYPE"], config["MAILBOX_MAX_ATTEMPTS"])
-    try:
-        with coordination_clients.social().pool.session() as session:
-            for start in range(0, len(agent_ids), chunk):
-                channel = session.channel()
-                part = agent_ids[start:start + chunk]
-                for agent_id in part:
-                    name = topology.inbox_queue_name(agent_id)
-                    channel.queue_declare(queue=name, durable=True, auto_delete=False, arguments=arguments,
-                                          nowait=True)
-                    channel.queue_bind(queue=name, exchange=topology.AGENTS_EXCHANGE, routing_key=agent_id,
-                                       nowait=True)
-                channel.queue_declare(queue=topology.inbox_queue_name(part[-1]), passive=True)
-    except BROKER_ERRORS as exc:
-        raise Unavailable("message broker unavailable", {"dependency": "broker"}) from exc
+            coordination_clients.social().declare_inboxes(ids)
+        except INBOX_ERRORS as exc:
+            raise Unavailable("message broker unavailable", {"dependency": "broker"}) from exc
+        declared, last = declared + len(ids), ids[-1]
 
 
 def delete(agent_id: str) -> None:

@@ -144,9 +144,10 @@ def _inbox(layer: SocialLayer, agent_id: str, after: int, limit: int, drain: boo
 def read(principal: Principal, agent_id: str, *, after: int = 0, limit: int = 100) -> dict[str, Any]:
     """FIFO page of the inbox after `after`; drains the queue first, so every confirmed send is included."""
     _check_limit(limit)
-    target = agents.get(principal, agent_id).id
+    agent = agents.get(principal, agent_id)
+    target, has_queue = agent.id, agent.inbox_declared_at is not None  # no queue until a first send declares it
     db.session.commit()  # the drain takes the inbox lock on another connection (SQLite: the write lock)
-    messages = _inbox(social(), target, after, limit, drain=True)
+    messages = _inbox(social(), target, after, limit, drain=has_queue)
     return {"messages": messages, "next_after": messages[-1]["seq"] if messages else after}
 
 

@@ -68,6 +68,8 @@ def test_losing_the_leader_node_loses_nothing(fault: str, sends: int, executions
         api = new_workspace_client(app)
         sender = api.create_agent(llm={"provider": "scripted", "options": {"text": REPLY}})
         receiver = api.create_agent()["id"]
+        with app.app_context():
+            coordination_clients.social().declare_inboxes([receiver])  # its queue (and leader) exist before the fault
         env = {"BROKER_URL": cluster.url, **SERVICE_ENV}
         worker = WorkerProcess(database_url=database_url, broker_url=cluster.url, redis_url=redis_url,
                                log_path=tmp_path / "worker.log", concurrency=4, extra_env=env).start()

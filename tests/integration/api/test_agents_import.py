@@ -28,7 +28,7 @@ def _agents_of(app: Flask, workspace: str) -> list[Agent]:
         return list(db.session.execute(select(Agent).where(Agent.workspace_id == ws.id)).scalars())
 
 
-def test_import_registers_audits_and_declares_every_line(app: Flask, broker_url: str, tmp_path: Path) -> None:
+def test_import_registers_and_audits_every_line_and_declares_no_queue(app: Flask, broker_url: str, tmp_path: Path) -> None:
     lines = [{"name": f"bulk-{i}", "maturity_level": "INTERN", "llm": {"provider": "scripted"}} for i in range(25)]
     source = tmp_path / "agents.jsonl"
     source.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
@@ -46,7 +46,7 @@ def test_import_registers_audits_and_declares_every_line(app: Flask, broker_url:
                                                              AuditLog.agent_id.in_(ids))
         ).scalar_one()
     assert audited == 25
-    assert all(queue_info(broker_url, f"agent.{agent_id}.inbox").status_code == 200 for agent_id in ids[::6])
+    assert all(queue_info(broker_url, f"agent.{agent_id}.inbox").status_code == 404 for agent_id in ids[::6])
 
 
 def test_bad_lines_are_reported_and_nothing_is_imported(app: Flask, tmp_path: Path) -> None:

@@ -56,7 +56,9 @@ def test_flower_lists_the_chain_tasks(flower: FlowerProcess, wapi: ApiClient) ->
 
 
 def test_management_console_shows_the_topology(broker_url: str, api: ApiClient) -> None:
-    agent = api.create_agent()
+    sender, agent = api.create_agent(), api.create_agent()
+    sent = api.post(f"/agents/{sender['id']}/messages", json={"to_agent_id": agent["id"], "message": "hi"})
+    assert sent.status_code == 201  # the first send declares the receiver's inbox
     vhost = quote(urlsplit(broker_url).path.lstrip("/"), safe="")
     with services._management() as management:
         inbox = management.get(f"/api/queues/{vhost}/{quote('agent.' + agent['id'] + '.inbox', safe='')}").json()
