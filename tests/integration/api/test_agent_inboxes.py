@@ -3,6 +3,7 @@ broker."""
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -27,14 +28,17 @@ def _inbox(broker_url: str, agent_id: str) -> httpx.Response:
     return queue_info(broker_url, f"agent.{agent_id}.inbox")
 
 
+def _send(api: ApiClient, sender: dict[str, Any], receiver: dict[str, Any], message: Any) -> int:
+    response = api.post(f"/agents/{sender['id']}/messages", json={"to_agent_id": receiver["id"], "message": message})
+    return int(response.status_code)
+
+
 def test_inbox_is_declared_by_the_first_send_and_removed_with_the_agent(api: ApiClient, broker_url: str) -> None:
     sender, receiver = api.create_agent(), api.create_agent()
     assert _inbox(broker_url, receiver["id"]).status_code == 404
     empty = api.get(f"/agents/{receiver['id']}/messages")
     assert empty.status_code == 200 and empty.get_json()["messages"] == []
-    for n in range(3):
-        sent = api.post(f"/agents/{sender['id']}/messages", json={"to_agent_id": receiver["id"], "message": n})
-        assert sent.status_code == 201, sent.get_json()
+    assert [_send(api, sender, receiver, n) for n in range(3)] == [201] * 3
     info = _inbox(broker_url, receiver["id"])
     assert info.status_code == 200
     queue = info.json()
@@ -50,7 +54,7 @@ def test_inbox_is_declared_by_the_first_send_and_removed_with_the_agent(api: Api
 
 def test_a_deleted_queue_is_declared_again_by_the_next_send(app: Flask, api: ApiClient, broker_url: str) -> None:
     sender, receiver = api.create_agent(), api.create_agent()
-    assert api.post(f"/agents/{sender['id']}/messages", json={"to_agent_id": receiver["id"], "message": 1}).status_code == 201
+    assert _send(api, sender, receiver, 1) == 201
     assert len(api.get(f"/agents/{receiver['id']}/messages").get_json()["messages"]) == 1  # stored: off the queue
     vhost = urlsplit(broker_url).path.lstrip("/")
     with services._management() as management:
@@ -65,7 +69,7 @@ def test_a_deleted_queue_is_declared_again_by_the_next_send(app: Flask, api: Api
 
 def test_the_sweep_lists_only_agents_with_an_inbox(app: Flask, api: ApiClient) -> None:
     sender, quiet, talked_to = api.create_agent(), api.create_agent(), api.create_agent()
-    assert api.post(f"/agents/{sender['id']}/messages", json={"to_agent_id": talked_to["id"], "message": 1}).status_code == 201
+    assert _send(api, sender, talked_to, 1) == 201
     with app.app_context():
         listed = set(coordination_clients.live_agent_ids(db.engine))
         marked = db.session.execute(select(Agent.inbox_declared_at).where(Agent.id == talked_to["id"])).scalar_one()

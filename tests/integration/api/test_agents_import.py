@@ -28,7 +28,9 @@ def _agents_of(app: Flask, workspace: str) -> list[Agent]:
         return list(db.session.execute(select(Agent).where(Agent.workspace_id == ws.id)).scalars())
 
 
-def test_import_registers_and_audits_every_line_and_declares_no_queue(app: Flask, broker_url: str, tmp_path: Path) -> None:
+def test_import_registers_and_audits_every_line_and_declares_no_queue(
+    app: Flask, broker_url: str, tmp_path: Path
+) -> None:
     lines = [{"name": f"bulk-{i}", "maturity_level": "INTERN", "llm": {"provider": "scripted"}} for i in range(25)]
     source = tmp_path / "agents.jsonl"
     source.write_text("\n".join(json.dumps(line) for line in lines) + "\n\n")
