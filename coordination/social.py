@@ -25,14 +25,7 @@ from coordination.inbox import AttemptTracker, DrainResult, StoredHook, drain_in
 from coordination.locks import InboxLock, lock_for
 from coordination.notify import notify
 from coordination.session_pool import SessionPool
-from coordination.topology import (
-    AGENTS_EXCHANGE,
-    DEFAULT_MAX_ATTEMPTS,
-    inbox_arguments,
-    inbox_queue_name,
-    validate_agent_id,
-    validate_queue_type,
-)
+from coordination.topology import DEFAULT_MAX_ATTEMPTS, declare_inboxes_on, validate_agent_id, validate_queue_type
 
 log = logging.getLogger(__name__)
 
@@ -150,8 +143,8 @@ class SocialLayer:
     def _declare_inboxes(self, session: BrokerSession, receivers: Sequence[str]) -> None:
         """Declare the inboxes of registered receivers this process has not sent to yet: one round trip.
 
-        Declares and binds go pipelined (nowait); the last bind waits, so the broker has handled them all
-        before anything is published. A declare the broker refuses closes the channel: BrokerUnavailable.
+        The broker has handled every declare before anything is published (coordination.topology); a declare
+        it refuses closes the channel: BrokerUnavailable.
         """
         if self.inbox_owner is None:
             return
@@ -161,13 +154,8 @@ class SocialLayer:
         owned = list(dict.fromkeys(self.inbox_owner(new)))
         if not owned:
             return
-        arguments = inbox_arguments(self.queue_type, self.max_attempts)
-        channel = session.channel()
         try:
-            for n, agent_id in enumerate(owned, start=1):
-                name = inbox_queue_name(agent_id)
-                channel.queue_declare(queue=name, durable=True, auto_delete=False, arguments=arguments, nowait=True)
-                channel.queue_bind(queue=name, exchange=AGENTS_EXCHANGE, routing_key=agent_id, nowait=n < len(owned))
+            declare_inboxes_on(session.channel(), owned, queue_type=self.queue_type, max_attempts=self.max_attempts)
         except broker.CHANNEL_ERRORS as exc:
             session.reset_channel()
             raise BrokerUnavailable(f"the broker refused to declare an inbox: {exc}") from exc

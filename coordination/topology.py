@@ -40,7 +40,7 @@ Poison messages (a delivery whose store keeps failing):
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -223,17 +223,24 @@ def declare_agent_inbox(
 def declare_inbox_on(
     channel: Any, agent_id: str, *, queue_type: str = "classic", max_attempts: int = DEFAULT_MAX_ATTEMPTS
 ) -> str:
-    """Declare and bind one inbox in a single round trip on a channel whose topology is already declared.
+    """Declare and bind one inbox in a single round trip on a channel whose topology is already declared."""
+    declare_inboxes_on(channel, [agent_id], queue_type=queue_type, max_attempts=max_attempts)
+    return inbox_queue_name(agent_id)
 
-    The declare goes without waiting (nowait); the bind's reply follows it on the same channel, so it
-    confirms both, and a failed declare closes the channel with its error before the bind is answered.
+
+def declare_inboxes_on(
+    channel: Any, agent_ids: Sequence[str], *, queue_type: str = "classic", max_attempts: int = DEFAULT_MAX_ATTEMPTS
+) -> None:
+    """Declare and bind inboxes pipelined, in one round trip, on a channel whose topology is already declared.
+
+    Declares and binds go without waiting (nowait) but the last bind, whose reply follows them all on the same
+    channel: it confirms every one, and a failed declare closes the channel with its error before it is answered.
     """
-    name = inbox_queue_name(agent_id)
-    channel.queue_declare(
-        queue=name, durable=True, auto_delete=False, arguments=inbox_arguments(queue_type, max_attempts), nowait=True
-    )
-    channel.queue_bind(queue=name, exchange=AGENTS_EXCHANGE, routing_key=agent_id)
-    return name
+    arguments = inbox_arguments(queue_type, max_attempts)
+    for n, agent_id in enumerate(agent_ids, start=1):
+        name = inbox_queue_name(agent_id)
+        channel.queue_declare(queue=name, durable=True, auto_delete=False, arguments=arguments, nowait=True)
+        channel.queue_bind(queue=name, exchange=AGENTS_EXCHANGE, routing_key=agent_id, nowait=n < len(agent_ids))
 
 
 def delete_agent_inbox(conn_or_url: Connection | str, agent_id: str) -> None:
