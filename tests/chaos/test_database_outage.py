@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine
 
 from app import create_app
+from app.services import coordination_clients
 from coordination.social import SocialLayer
 from tests.chaos.checks import order_violations, report, wait_for
 from tests.chaos.messaging import inbox_depth, stored_ids
@@ -37,6 +38,8 @@ def test_database_outage_is_503_and_nothing_unstored_is_acked(outage_s: float, r
         direct_api = new_workspace_client(direct)
         api = ApiClient(app.test_client(), direct_api.key, direct_api.workspace_id)
         sender, receiver = api.create_agent()["id"], api.create_agent()["id"]
+        with direct.app_context():  # the bare SocialLayer below declares no inbox: the app's does (and marks it)
+            coordination_clients.social().declare_inboxes([receiver])
         engine = create_engine(direct_url)
         layer = SocialLayer(vhost_url, engine)
         mailbox = MailboxProcess(database_url=proxied_url, broker_url=vhost_url, log_path=tmp_path / "mailbox.log")
