@@ -48,7 +48,10 @@ def cluster() -> Iterator[RabbitCluster]:
 
 
 @pytest.mark.parametrize("fault,sends,executions", [
-    pytest.param("kill", 200, 15, id="kill-quick"),
+    # A 3-node cluster boots in about a minute, so every scenario is make chaos's. make test covers quorum
+    # queues on one node (tests/integration/coordination) and a frozen node's bounded waits
+    # (tests/integration/workers/test_frozen_broker.py).
+    pytest.param("kill", 200, 15, id="kill-quick", marks=[pytest.mark.slow]),
     pytest.param("kill", 10_000, 300, id="kill-10000", marks=[pytest.mark.slow, pytest.mark.timeout(1800)]),
     # The freeze takes some 45 s on top of the cluster's boot (a new leader needs the frozen node's ticks to stop
     # for net_ticktime), too long for make test: its quick variant there is tests/integration/workers/
