@@ -117,8 +117,10 @@ def delete(principal: Principal, agent_id: str) -> None:
         action="agent.deleted",
         details={"name": agent.name},
     )
+    had_inbox = agent.inbox_declared_at is not None
     db.session.commit()
-    inboxes.delete(agent.id)
+    if had_inbox:  # else no send ever declared one (one racing this delete leaves a queue: harmless, as below)
+        inboxes.delete(agent.id)
     events.announce_agent(agent, "deleted")
 
 
