@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from app.extensions import db
 from app.logs import log_context
@@ -159,18 +159,22 @@ def follow(principal: Principal, agent_id: str, *, after: int, poll_s: float) ->
     STREAM_RECHECK_S in case a notice was lost. Checks tenancy now and then needs neither the request nor the
     session (it runs after the response starts).
     """
-    target = agents.get(principal, agent_id).id
+    agent = agents.get(principal, agent_id)
+    target, declared = agent.id, agent.inbox_declared_at is not None
     db.session.commit()  # read before: a commit expires the row, and a refresh would open a transaction again
     layer = social()
     inbox_watcher = watcher()
+    engine = db.engine
 
     def rows() -> Iterator[dict[str, Any] | None]:
+        has_queue = declared
         with inbox_watcher.watch(target) as watch:  # bound before the first read: no notice falls in between
             position = after
             while True:
                 watch.clear()
+                has_queue = has_queue or _inbox_declared(engine, target)  # until a first send, nothing to drain
                 try:
-                    batch = layer.get_messages(agent_id=target, after=position, limit=100, drain=True)
+                    batch = layer.get_messages(agent_id=target, after=position, limit=100, drain=has_queue)
                 except CoordinationError:  # broker blip: serve what is stored, drain again on the next wake
                     batch = layer.get_messages(agent_id=target, after=position, limit=100, drain=False)
                 yield from batch
@@ -185,6 +189,12 @@ def follow(principal: Principal, agent_id: str, *, after: int, poll_s: float) ->
                         break
 
     return rows()
+
+
+def _inbox_declared(engine: Engine, agent_id: str) -> bool:
+    """Whether a send declared the agent's inbox queue yet (agents.inbox_declared_at, set before it exists)."""
+    with engine.connect() as conn:
+        return conn.execute(select(Agent.inbox_declared_at).where(Agent.id == agent_id)).scalar() is not None
 
 
 def dead_letters(principal: Principal, agent_id: str, *, limit: int = 100) -> list[dict[str, Any]]:
