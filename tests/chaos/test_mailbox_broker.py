@@ -64,6 +64,9 @@ def test_mailbox_kill_and_broker_restart_during_sends(total: int, rabbit_node: R
                 elif faults.get(i) == "restart_broker":
                     restarts.append(threading.Thread(target=rabbit_node.restart, daemon=True))
                     restarts[-1].start()
+                    # The next sends must meet the restart: rabbitmqctl takes longer to begin than the rest of
+                    # a quick run's sends take on a quiet machine.
+                    wait_for(lambda: not rabbit_node.accepting(), timeout_s=60, what="the broker restart to begin")
                 receiver, message_id = receivers[i % 2], f"{run}-{i:05d}"
                 deadline = time.monotonic() + SEND_DEADLINE_S
                 while True:  # the sequential sender: retry with the same message_id until confirmed

@@ -56,6 +56,10 @@ class RabbitNode:
         self.stop_app()
         self.start_app()
 
+    def accepting(self) -> bool:
+        """Whether the AMQP port takes connections (False while the app is stopped)."""
+        return _port_open(self.port)
+
     def set_alarm(self, kind: str) -> None:
         """Raise a memory or disk alarm: RabbitMQ then blocks every publishing connection (connection.blocked)."""
         self._ctl(*ALARMS[kind][0])
