@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Row, func, update
+from sqlalchemy import Row, update
 
 from app.extensions import db
 from app.llm import (
@@ -73,8 +73,7 @@ def _mark_running(execution_id: str, steps: list[dict[str, Any]]) -> Running | N
     row = state.move(
         execution_id, ExecutionStatus.RUNNING, actor=ACTOR,
         from_statuses=[ExecutionStatus.PENDING, ExecutionStatus.RUNNING],
-        values={"attempts": EXECUTIONS.c.attempts + 1,
-                "started_at": func.coalesce(EXECUTIONS.c.started_at, utcnow()), "steps": steps},
+        values={"attempts": state.Add(1), "started_at": state.KeepOr(utcnow()), "steps": steps},
         audit_rows=_started_audit,
         announce=False,  # the run announces it on the stream under its lease
     )

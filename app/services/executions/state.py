@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Row, update
+from sqlalchemy import ColumnElement, Integer, Row, Update, bindparam, func, update
+from sqlalchemy.sql.elements import ClauseElement
 
 from app.extensions import db
 from app.models import Execution, ExecutionStatus
@@ -63,6 +64,71 @@ class Audit:
 AuditRows = Sequence[Audit] | Callable[[Row[Any]], Sequence[Audit]]
 
 
+@dataclass(frozen=True)
+class Add:
+    """A value of `move`: the column plus `amount` (attempts + 1, tokens summed over the turns)."""
+
+    amount: int
+
+
+@dataclass(frozen=True)
+class KeepOr:
+    """A value of `move`: the column as it is, or `value` if it is NULL (started_at of a run that starts over)."""
+
+    value: Any
+
+
+# The UPDATE of each shape of move (its sources and which columns it sets how), built once per process with bound
+# parameters: building and cache-keying a statement cost more CPU than executing it (py-spy, issue 12).
+_STATEMENTS: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], Update] = {}
+
+
+def _kind(value: Any) -> str:
+    return "add" if isinstance(value, Add) else "keep_or" if isinstance(value, KeepOr) else "set"
+
+
+def _set_clause(name: str, kind: str) -> ColumnElement[Any]:
+    column = EXECUTIONS.c[name]
+    if kind == "add":
+        added: ColumnElement[Any] = column + bindparam(f"v_{name}", type_=Integer())
+        return added
+    param = bindparam(f"v_{name}", type_=column.type)
+    return func.coalesce(column, param) if kind == "keep_or" else param
+
+
+def _update_of(sources: tuple[str, ...], shape: tuple[tuple[str, str], ...]) -> Update:
+    statement = _STATEMENTS.get((sources, shape))
+    if statement is None:
+        statement = (
+            update(EXECUTIONS)
+            .where(EXECUTIONS.c.id == bindparam("where_id"), EXECUTIONS.c.status.in_(sources))
+            .values({name: _set_clause(name, kind) for name, kind in shape})
+            .returning(*EXECUTIONS.c)
+        )
+        _STATEMENTS[(sources, shape)] = statement
+    return statement
+
+
+def _param(value: Any) -> Any:
+    return value.amount if isinstance(value, Add) else value.value if isinstance(value, KeepOr) else value
+
+
+def _moved_row(execution_id: str, sources: tuple[str, ...], fields: Mapping[str, Any]) -> Row[Any] | None:
+    """The conditional UPDATE ... RETURNING of move: a cached statement, or one built here when a value is an
+    SQL expression of the caller's."""
+    if any(isinstance(value, ClauseElement) for value in fields.values()):
+        values = {name: (_set_clause(name, _kind(value)) if isinstance(value, Add | KeepOr) else value)
+                  for name, value in fields.items()}
+        params = {f"v_{name}": _param(value) for name, value in fields.items() if isinstance(value, Add | KeepOr)}
+        statement: Update = (update(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("where_id"),
+                                                      EXECUTIONS.c.status.in_(sources))
+                             .values(values).returning(*EXECUTIONS.c))
+    else:
+        statement = _update_of(sources, tuple((name, _kind(value)) for name, value in sorted(fields.items())))
+        params = {f"v_{name}": _param(value) for name, value in fields.items()}
+    return db.session.execute(statement, {"where_id": execution_id, **params}).one_or_none()
+
+
 def move(
     execution_id: str,
     target: ExecutionStatus,
@@ -78,7 +144,8 @@ def move(
 
     Returns the updated row (every column), or None if the execution was not in an allowed status: something
     else moved it first. A terminal target stamps finished_at. `audit_rows` may be a callable of the updated row
-    (when the rows depend on what the UPDATE returned, such as the attempt number).
+    (when the rows depend on what the UPDATE returned, such as the attempt number). A value may be `Add` or
+    `KeepOr` instead of an SQL expression: the statement is then built once per process.
     """
     allowed = sources_of(target)
     sources = allowed if from_statuses is None else frozenset(from_statuses)
@@ -87,12 +154,7 @@ def move(
     fields: dict[str, Any] = {"status": target.value, **(values or {})}
     if target.terminal:
         fields.setdefault("finished_at", utcnow())
-    row = db.session.execute(
-        update(EXECUTIONS)
-        .where(EXECUTIONS.c.id == execution_id, EXECUTIONS.c.status.in_(sorted(s.value for s in sources)))
-        .values(**fields)
-        .returning(*EXECUTIONS.c)
-    ).one_or_none()
+    row = _moved_row(execution_id, tuple(sorted(s.value for s in sources)), fields)
     if row is None:
         db.session.rollback()
         return None
