@@ -17,7 +17,8 @@ from app.timeutil import iso, utcnow
 # per process (building and cache-keying it cost more CPU than running it).
 _EXECUTION_AND_AGENT = (
     select(Execution.status, Execution.action, Execution.governance, Execution.steps, Agent.id.label("agent_id"),
-           Agent.status.label("agent_status"), Agent.deleted_at, Agent.maturity_level, Agent.llm, Agent.system_prompt)
+           Agent.status.label("agent_status"), Agent.deleted_at, Agent.maturity_level, Agent.llm, Agent.system_prompt,
+           Agent.tools)
     .select_from(Execution).outerjoin(Agent, Agent.id == Execution.agent_id)
     .where(Execution.id == bindparam("execution_id"))
 )
@@ -53,5 +54,5 @@ def run(execution_id: str) -> dict[str, Any]:
     return {
         "execution_id": execution_id,
         "steps": [*(found.steps or []), step_record("governance", "completed", started)],  # earlier tool-loop turns
-        "agent": {"llm": found.llm or {}, "system_prompt": found.system_prompt},
+        "agent": {"llm": found.llm or {}, "system_prompt": found.system_prompt, "tools": found.tools},
     }
