@@ -13,14 +13,15 @@ from app.services.executions import state
 from app.services.executions.step_support import ACTOR, skipped, step_record
 from app.timeutil import iso, utcnow
 
-# The execution and its agent in one round trip, as plain columns (no ORM objects on the allowed path); built once
-# per process (building and cache-keying it cost more CPU than running it).
+# The execution and its agent in one round trip, as plain columns of the tables (Core: no ORM compile or loading
+# step); built once per process (building and cache-keying it cost more CPU than running it).
+_EXECUTIONS, _AGENTS = Execution.__table__, Agent.__table__
 _EXECUTION_AND_AGENT = (
-    select(Execution.status, Execution.action, Execution.governance, Execution.steps, Agent.id.label("agent_id"),
-           Agent.status.label("agent_status"), Agent.deleted_at, Agent.maturity_level, Agent.llm, Agent.system_prompt,
-           Agent.tools)
-    .select_from(Execution).outerjoin(Agent, Agent.id == Execution.agent_id)
-    .where(Execution.id == bindparam("execution_id"))
+    select(_EXECUTIONS.c.status, _EXECUTIONS.c.action, _EXECUTIONS.c.governance, _EXECUTIONS.c.steps,
+           _AGENTS.c.id.label("agent_id"), _AGENTS.c.status.label("agent_status"), _AGENTS.c.deleted_at,
+           _AGENTS.c.maturity_level, _AGENTS.c.llm, _AGENTS.c.system_prompt, _AGENTS.c.tools)
+    .select_from(_EXECUTIONS.outerjoin(_AGENTS, _AGENTS.c.id == _EXECUTIONS.c.agent_id))
+    .where(_EXECUTIONS.c.id == bindparam("execution_id"))
 )
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import ColumnElement, Integer, Row, Update, bindparam, func, update
+from sqlalchemy import ColumnElement, Integer, Row, Update, bindparam, func, literal, update
 from sqlalchemy.sql.elements import ClauseElement
 
 from app.extensions import db
@@ -96,12 +96,19 @@ def _set_clause(name: str, kind: str) -> ColumnElement[Any]:
     return func.coalesce(column, param) if kind == "keep_or" else param
 
 
+def _conditional_update(sources: tuple[str, ...]) -> Update:
+    """UPDATE executions WHERE id = :where_id AND status IN (the sources, as parameters of their own: an
+    expanding IN would be rendered again at every execution)."""
+    status = EXECUTIONS.c.status
+    return update(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("where_id"),
+                                    status.in_([literal(source, status.type) for source in sources]))
+
+
 def _update_of(sources: tuple[str, ...], shape: tuple[tuple[str, str], ...]) -> Update:
     statement = _STATEMENTS.get((sources, shape))
     if statement is None:
         statement = (
-            update(EXECUTIONS)
-            .where(EXECUTIONS.c.id == bindparam("where_id"), EXECUTIONS.c.status.in_(sources))
+            _conditional_update(sources)
             .values({name: _set_clause(name, kind) for name, kind in shape})
             .returning(*EXECUTIONS.c)
         )
@@ -120,9 +127,7 @@ def _moved_row(execution_id: str, sources: tuple[str, ...], fields: Mapping[str,
         values = {name: (_set_clause(name, _kind(value)) if isinstance(value, Add | KeepOr) else value)
                   for name, value in fields.items()}
         params = {f"v_{name}": _param(value) for name, value in fields.items() if isinstance(value, Add | KeepOr)}
-        statement: Update = (update(EXECUTIONS).where(EXECUTIONS.c.id == bindparam("where_id"),
-                                                      EXECUTIONS.c.status.in_(sources))
-                             .values(values).returning(*EXECUTIONS.c))
+        statement: Update = _conditional_update(sources).values(values).returning(*EXECUTIONS.c)
     else:
         statement = _update_of(sources, tuple((name, _kind(value)) for name, value in sorted(fields.items())))
         params = {f"v_{name}": _param(value) for name, value in fields.items()}
