@@ -10,6 +10,7 @@ from flask import current_app
 from app.llm import DEFAULT_PROVIDER, InvalidOptions, Provider, Timeouts, get_provider, validate_options
 from app.models import Agent
 from app.services import credentials
+from app.services.agents import RunSettings
 from app.services.errors import NotFound, ValidationFailed
 
 
@@ -17,7 +18,7 @@ def provider_name(llm: dict[str, Any] | None) -> str:
     return str((llm or {}).get("provider") or DEFAULT_PROVIDER)
 
 
-def check(workspace_id: str, agent: Agent) -> None:
+def check(workspace_id: str, agent: Agent | RunSettings) -> None:
     """Refuse (422) an agent whose provider, options or credential cannot work, before anything is recorded."""
     llm = agent.llm or {}
     provider = provider_name(llm)
