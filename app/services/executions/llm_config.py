@@ -30,13 +30,13 @@ def check(workspace_id: str, agent: Agent | RunSettings) -> None:
     credential_id = llm.get("credential_id")
     if credential_id:
         try:
-            credential = credentials.get(workspace_id, str(credential_id))
+            credential_provider = credentials.provider_of(workspace_id, str(credential_id))
         except NotFound as exc:
             raise ValidationFailed("agent llm.credential_id names no credential of this workspace",
                                    {"credential_id": credential_id, "agent_id": agent.id}) from exc
-        if credential.provider != provider:
+        if credential_provider != provider:
             raise ValidationFailed(
-                f"credential is for provider {credential.provider!r}, agent uses {provider!r}",
+                f"credential is for provider {credential_provider!r}, agent uses {provider!r}",
                 {"credential_id": credential_id, "agent_id": agent.id},
             )
     elif provider != DEFAULT_PROVIDER:
