@@ -77,6 +77,7 @@ def _mark_running(execution_id: str, steps: list[dict[str, Any]]) -> Running | N
         values={"attempts": state.Add(1), "started_at": state.KeepOr(utcnow()), "steps": steps},
         audit_rows=_started_audit,
         announce=False,  # the run announces it on the stream under its lease
+        returning=("message", "timeout_s", "started_at", "attempts", "max_tokens", "turns", "conversation"),
     )
     if row is None:
         return None

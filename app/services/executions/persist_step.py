@@ -55,6 +55,7 @@ def run(result: dict[str, Any]) -> dict[str, Any]:
             "steps": [*(result.get("steps") or []), result["llm_step"], step_record("persist", "completed", started)],
         },
         audit_rows=[state.Audit(action, res, details) for action, res in OUTCOME_AUDIT[outcome.value]],
+        returning=("metadata",),
     )  # the terminal event it emits also drops the LLM run's lease
     if row is None:
         return _already_final(execution_id)

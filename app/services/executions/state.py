@@ -80,7 +80,10 @@ class KeepOr:
 
 # The UPDATE of each shape of move (its sources and which columns it sets how), built once per process with bound
 # parameters: building and cache-keying a statement cost more CPU than executing it (py-spy, issue 12).
-_STATEMENTS: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], Update] = {}
+_STATEMENTS: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...], tuple[str, ...]], Update] = {}
+# What move's RETURNING always holds: what it audits and announces with (the terminal event's fields).
+MOVED = ("id", "status", "workspace_id", "agent_id")
+FINISHED = ("output", "error_code", "error_message", "prompt_tokens", "completion_tokens", "attempts")
 
 
 def _kind(value: Any) -> str:
@@ -104,15 +107,19 @@ def _conditional_update(sources: tuple[str, ...]) -> Update:
                                     status.in_([literal(source, status.type) for source in sources]))
 
 
-def _update_of(sources: tuple[str, ...], shape: tuple[tuple[str, str], ...]) -> Update:
-    statement = _STATEMENTS.get((sources, shape))
+def _returned(columns: tuple[str, ...]) -> list[Any]:
+    return list(EXECUTIONS.c) if not columns else [EXECUTIONS.c[name] for name in columns]
+
+
+def _update_of(sources: tuple[str, ...], shape: tuple[tuple[str, str], ...], columns: tuple[str, ...]) -> Update:
+    statement = _STATEMENTS.get((sources, shape, columns))
     if statement is None:
         statement = (
             _conditional_update(sources)
             .values({name: _set_clause(name, kind) for name, kind in shape})
-            .returning(*EXECUTIONS.c)
+            .returning(*_returned(columns))
         )
-        _STATEMENTS[(sources, shape)] = statement
+        _STATEMENTS[(sources, shape, columns)] = statement
     return statement
 
 
@@ -120,16 +127,18 @@ def _param(value: Any) -> Any:
     return value.amount if isinstance(value, Add) else value.value if isinstance(value, KeepOr) else value
 
 
-def _moved_row(execution_id: str, sources: tuple[str, ...], fields: Mapping[str, Any]) -> Row[Any] | None:
+def _moved_row(execution_id: str, sources: tuple[str, ...], fields: Mapping[str, Any],
+               columns: tuple[str, ...]) -> Row[Any] | None:
     """The conditional UPDATE ... RETURNING of move: a cached statement, or one built here when a value is an
     SQL expression of the caller's."""
     if any(isinstance(value, ClauseElement) for value in fields.values()):
         values = {name: (_set_clause(name, _kind(value)) if isinstance(value, Add | KeepOr) else value)
                   for name, value in fields.items()}
         params = {f"v_{name}": _param(value) for name, value in fields.items() if isinstance(value, Add | KeepOr)}
-        statement: Update = _conditional_update(sources).values(values).returning(*EXECUTIONS.c)
+        statement: Update = _conditional_update(sources).values(values).returning(*_returned(columns))
     else:
-        statement = _update_of(sources, tuple((name, _kind(value)) for name, value in sorted(fields.items())))
+        statement = _update_of(sources, tuple((name, _kind(value)) for name, value in sorted(fields.items())),
+                               columns)
         params = {f"v_{name}": _param(value) for name, value in fields.items()}
     return db.session.execute(statement, {"where_id": execution_id, **params}).one_or_none()
 
@@ -143,11 +152,13 @@ def move(
     values: Mapping[str, Any] | None = None,
     audit_rows: AuditRows = (),
     announce: bool = True,
+    returning: Iterable[str] | None = None,
 ) -> Row[Any] | None:
     """Move the execution to `target` if it is in one of `from_statuses` (default: every status the table allows);
     commit with its audit rows, then announce it (a `status` event, or the one terminal event).
 
-    Returns the updated row (every column), or None if the execution was not in an allowed status: something
+    Returns the updated row (every column, or `returning`'s and the ones it needs itself: fewer columns cost less
+    CPU to read), or None if the execution was not in an allowed status: something
     else moved it first. A terminal target stamps finished_at. `audit_rows` may be a callable of the updated row
     (when the rows depend on what the UPDATE returned, such as the attempt number). A value may be `Add` or
     `KeepOr` instead of an SQL expression: the statement is then built once per process.
@@ -159,7 +170,12 @@ def move(
     fields: dict[str, Any] = {"status": target.value, **(values or {})}
     if target.terminal:
         fields.setdefault("finished_at", utcnow())
-    row = _moved_row(execution_id, tuple(sorted(s.value for s in sources)), fields)
+    if returning is None:
+        columns: tuple[str, ...] = ()
+    else:
+        wanted = [*MOVED, *(FINISHED if target.terminal else ()), *returning]
+        columns = tuple(dict.fromkeys(wanted))
+    row = _moved_row(execution_id, tuple(sorted(s.value for s in sources)), fields, columns)
     if row is None:
         db.session.rollback()
         return None
