@@ -349,8 +349,12 @@ def run(sizes: list[int], chunks: int, seconds: float, llm_concurrency: int, sto
                      "web": web.pid, "llm server": llm_server.pid}
             one_size(app, port, llm_base, roles, database_url, min(sizes[0], 50), chunks, min(seconds, 2.0), 1)
             for size in sizes:
-                output = profile_dir / f"worker-llm-{size}.txt" if profile_dir else None
-                with recording(llm.process.pid, output, rate=20):
+                def spy(role: str, size: int = size) -> Path | None:
+                    return profile_dir / f"{role}-{size}.txt" if profile_dir else None
+
+                # The LLM worker's 1,000 threads at 20 Hz (py-spy pauses them all per sample); the others at 100.
+                with (recording(llm.process.pid, spy("worker-llm"), rate=20),
+                      recording(web.pid, spy("web"), rate=100), recording(worker.process.pid, spy("worker"), rate=100)):
                     row = one_size(app, port, llm_base, roles, database_url, size, chunks, seconds, workspaces,
                                    hold)
                 rows.append(row)
@@ -383,7 +387,7 @@ def main() -> None:
                              "them all at once: the worker's capacity, whatever rate the API takes executions at")
     parser.add_argument("--sqlite", action="store_true", help="run on a SQLite file instead of PostgreSQL")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
-                        help="py-spy record the LLM worker during each size into DIR")
+                        help="py-spy record the LLM worker, the web and the prefork worker during each size into DIR")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tenants", type=Path, help=argparse.SUPPRESS)

@@ -89,9 +89,9 @@ def list_executions(agent_id: str) -> dict[str, Any]:
          responses={200: EVENTS_DOC, 404: ErrorOut, 422: ErrorOut, 503: ErrorOut}, query=EVENTS_QUERY,
          tags=["executions"])
 def execution_events(execution_id: str) -> Response:
-    execution = read.get(current_principal(), execution_id)
+    found = read.require(current_principal(), execution_id)
     after = parse_after(request.args.get("after"), request.headers.get("Last-Event-ID"))
-    return event_stream(execution.id, after)
+    return event_stream(found, after)
 
 
 @bp.post("/executions/<execution_id>/cancel")

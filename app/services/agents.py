@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import bindparam, insert, select
 
 from app.extensions import db
 from app.llm import DEFAULT_PROVIDER
@@ -42,7 +43,35 @@ def get(principal: Principal, agent_id: str) -> Agent:
     return agent
 
 
-_INSERT_AGENTS = insert(Agent.__table__)  # built once per process
+@dataclass(frozen=True)
+class RunSettings:
+    """What starting an execution reads of its agent (governance, the LLM config check, admission)."""
+
+    id: str
+    status: str
+    maturity_level: str
+    llm: dict[str, Any] | None
+    system_prompt: str | None
+
+
+# Built once per process, on the table (Core: no ORM object, identity map or loading step on POST /execute).
+_AGENTS = Agent.__table__
+_RUN_SETTINGS = select(_AGENTS.c.id, _AGENTS.c.status, _AGENTS.c.maturity_level, _AGENTS.c.llm,
+                       _AGENTS.c.system_prompt).where(_AGENTS.c.id == bindparam("agent_id"),
+                                                      _AGENTS.c.workspace_id == bindparam("workspace_id"),
+                                                      _AGENTS.c.deleted_at.is_(None))
+
+
+def run_settings(principal: Principal, agent_id: str) -> RunSettings:
+    """The agent's run settings, with `get`'s answer for another workspace's or a deleted agent (404)."""
+    row = db.session.execute(_RUN_SETTINGS, {"agent_id": agent_id,
+                                             "workspace_id": principal.workspace_id}).one_or_none()
+    if row is None:
+        raise NotFound(f"agent {agent_id} not found", {"agent_id": agent_id})
+    return RunSettings(row.id, row.status, row.maturity_level, row.llm, row.system_prompt)
+
+
+_INSERT_AGENTS = insert(_AGENTS)
 
 
 def _new_row(workspace_id: str, fields: dict[str, Any]) -> dict[str, Any]:

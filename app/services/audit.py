@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, bindparam, insert, select
 from sqlalchemy.orm import Session
 
 from app.extensions import db
@@ -20,6 +20,14 @@ from app.timeutil import iso, utcnow
 
 GENESIS_HASH = "0" * 64
 RESULTS = frozenset({"ok", "denied", "error"})
+# Built once per process, on the tables (Core: no ORM compile or loading step): building and cache-keying a
+# statement cost more CPU than executing it (issue 12).
+_WORKSPACES = Workspace.__table__
+_LOCK_CHAIN_HEAD = (
+    select(_WORKSPACES.c.audit_head).where(_WORKSPACES.c.id == bindparam("workspace_id"))
+    .with_for_update(key_share=True)
+)
+_INSERT_ROWS = insert(AuditLog.__table__)
 
 
 def row_digest(
@@ -53,9 +61,7 @@ def _lock_chain_head(conn: Session | Connection, workspace_id: str) -> str:
     the one the previous appender committed; a trigger on audit_log (migration 0002) moves it on every insert.
     SQLite ignores the clause; its single writer serializes appenders.
     """
-    head = conn.execute(
-        select(Workspace.audit_head).where(Workspace.id == workspace_id).with_for_update(key_share=True)
-    ).one()[0]
+    head = conn.execute(_LOCK_CHAIN_HEAD, {"workspace_id": workspace_id}).one()[0]
     return head or GENESIS_HASH
 
 
@@ -124,7 +130,8 @@ def record_many(entries: Sequence[Entry], conn: Session | Connection | None = No
     if any(entry.workspace_id != workspace_id for entry in entries):
         raise ValueError("record_many appends to one workspace's chain")
     rows = _chained_rows(_lock_chain_head(target, workspace_id), entries)
-    target.execute(insert(AuditLog.__table__), rows)
+    # One row as a plain execute: psycopg runs an executemany in pipeline mode, which costs more for a single row.
+    target.execute(_INSERT_ROWS, rows[0] if len(rows) == 1 else rows)
 
 
 def serialize(row: AuditLog) -> dict[str, Any]:

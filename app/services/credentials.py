@@ -9,7 +9,7 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 
 from app.extensions import db
 from app.models import Credential
@@ -120,7 +120,27 @@ def get(workspace_id: str, credential_id: str) -> Credential:
     return credential
 
 
+# What executing reads of a credential (the execute check, the LLM step), built once per process, on the table
+# (Core: no ORM object on each execution).
+_CREDENTIALS = Credential.__table__
+_FOR_CALLS = select(_CREDENTIALS.c.provider, _CREDENTIALS.c.encrypted_key, _CREDENTIALS.c.base_url).where(
+    _CREDENTIALS.c.id == bindparam("credential_id"), _CREDENTIALS.c.workspace_id == bindparam("workspace_id"))
+
+
+def _for_calls(workspace_id: str, credential_id: str) -> Row[Any]:
+    """Provider, encrypted key and base URL, with `get`'s answer for another workspace's credential (404)."""
+    row = db.session.execute(_FOR_CALLS, {"credential_id": credential_id, "workspace_id": workspace_id}).one_or_none()
+    if row is None:
+        raise NotFound(f"credential {credential_id} not found", {"credential_id": credential_id})
+    return row
+
+
+def provider_of(workspace_id: str, credential_id: str) -> str:
+    """The provider a credential is for (POST /execute checks the agent's)."""
+    return str(_for_calls(workspace_id, credential_id).provider)
+
+
 def reveal(vault: Vault, workspace_id: str, credential_id: str) -> ProviderSecret:
     """Decrypt for the LLM step only."""
-    credential = get(workspace_id, credential_id)
+    credential = _for_calls(workspace_id, credential_id)
     return ProviderSecret(credential.provider, vault.decrypt(credential.encrypted_key), credential.base_url)

@@ -20,6 +20,7 @@ from app.metrics import ADMISSION_QUEUED, PROVIDER_RATE_LIMITED, WORKSPACE_TOKEN
 from app.models import Agent, Execution, ExecutionStatus
 from app.services.admission import limits as limits_
 from app.services.admission.state import AdmissionState, CallReservation, Item
+from app.services.agents import RunSettings
 from app.services.process_local import per_process
 from app.services.streams import client
 
@@ -63,9 +64,11 @@ def estimate_tokens(*, system_prompt: str | None, message: str, max_tokens: int 
     return count_tokens(system_prompt, message) + reply
 
 
-def admit(execution: Execution) -> Admitted | Queued:
-    """After commit: take every slot and reservation it needs, or join its workspace's fair queue."""
-    agent = db.session.get(Agent, execution.agent_id)
+def admit(execution: Execution, agent: Agent | RunSettings | None = None) -> Admitted | Queued:
+    """After commit: take every slot and reservation it needs, or join its workspace's fair queue (`agent`: its
+    agent as the caller read it, else read here)."""
+    if agent is None:
+        agent = db.session.get(Agent, execution.agent_id)
     llm = (agent.llm if agent else None) or {}
     credential_id = str(llm.get("credential_id") or "")
     limits = limits_.for_execution(execution.workspace_id, credential_id or None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from app.extensions import db
 from app.models import Agent, Execution, ExecutionStatus
@@ -13,17 +13,22 @@ from app.services.executions import state
 from app.services.executions.step_support import ACTOR, skipped, step_record
 from app.timeutil import iso, utcnow
 
+# The execution and its agent in one round trip, as plain columns of the tables (Core: no ORM compile or loading
+# step); built once per process (building and cache-keying it cost more CPU than running it).
+_EXECUTIONS, _AGENTS = Execution.__table__, Agent.__table__
+_EXECUTION_AND_AGENT = (
+    select(_EXECUTIONS.c.status, _EXECUTIONS.c.action, _EXECUTIONS.c.governance, _EXECUTIONS.c.steps,
+           _AGENTS.c.id.label("agent_id"), _AGENTS.c.status.label("agent_status"), _AGENTS.c.deleted_at,
+           _AGENTS.c.maturity_level, _AGENTS.c.llm, _AGENTS.c.system_prompt, _AGENTS.c.tools)
+    .select_from(_EXECUTIONS.outerjoin(_AGENTS, _AGENTS.c.id == _EXECUTIONS.c.agent_id))
+    .where(_EXECUTIONS.c.id == bindparam("execution_id"))
+)
+
 
 def run(execution_id: str) -> dict[str, Any]:
     """Denied ends the execution, approval required pauses it; allowed hands the agent's config to the LLM step."""
     started = iso(utcnow())
-    # The execution and its agent in one round trip, as plain columns (no ORM objects on the allowed path).
-    found = db.session.execute(
-        select(Execution.status, Execution.action, Execution.governance, Execution.steps, Agent.id.label("agent_id"),
-               Agent.status.label("agent_status"), Agent.deleted_at, Agent.maturity_level, Agent.llm,
-               Agent.system_prompt)
-        .select_from(Execution).outerjoin(Agent, Agent.id == Execution.agent_id).where(Execution.id == execution_id)
-    ).one_or_none()
+    found = db.session.execute(_EXECUTION_AND_AGENT, {"execution_id": execution_id}).one_or_none()
     db.session.rollback()  # read only: hold no transaction (or connection) from here on
     if found is None or found.status != ExecutionStatus.PENDING:
         return skipped(execution_id, f"status {found.status if found else 'missing'}")
@@ -50,5 +55,5 @@ def run(execution_id: str) -> dict[str, Any]:
     return {
         "execution_id": execution_id,
         "steps": [*(found.steps or []), step_record("governance", "completed", started)],  # earlier tool-loop turns
-        "agent": {"llm": found.llm or {}, "system_prompt": found.system_prompt},
+        "agent": {"llm": found.llm or {}, "system_prompt": found.system_prompt, "tools": found.tools},
     }

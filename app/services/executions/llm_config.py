@@ -10,6 +10,7 @@ from flask import current_app
 from app.llm import DEFAULT_PROVIDER, InvalidOptions, Provider, Timeouts, get_provider, validate_options
 from app.models import Agent
 from app.services import credentials
+from app.services.agents import RunSettings
 from app.services.errors import NotFound, ValidationFailed
 
 
@@ -17,7 +18,7 @@ def provider_name(llm: dict[str, Any] | None) -> str:
     return str((llm or {}).get("provider") or DEFAULT_PROVIDER)
 
 
-def check(workspace_id: str, agent: Agent) -> None:
+def check(workspace_id: str, agent: Agent | RunSettings) -> None:
     """Refuse (422) an agent whose provider, options or credential cannot work, before anything is recorded."""
     llm = agent.llm or {}
     provider = provider_name(llm)
@@ -29,13 +30,13 @@ def check(workspace_id: str, agent: Agent) -> None:
     credential_id = llm.get("credential_id")
     if credential_id:
         try:
-            credential = credentials.get(workspace_id, str(credential_id))
+            credential_provider = credentials.provider_of(workspace_id, str(credential_id))
         except NotFound as exc:
             raise ValidationFailed("agent llm.credential_id names no credential of this workspace",
                                    {"credential_id": credential_id, "agent_id": agent.id}) from exc
-        if credential.provider != provider:
+        if credential_provider != provider:
             raise ValidationFailed(
-                f"credential is for provider {credential.provider!r}, agent uses {provider!r}",
+                f"credential is for provider {credential_provider!r}, agent uses {provider!r}",
                 {"credential_id": credential_id, "agent_id": agent.id},
             )
     elif provider != DEFAULT_PROVIDER:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import Row, func, update
+from sqlalchemy import Row, update
 
 from app.extensions import db
 from app.llm import (
@@ -59,6 +59,7 @@ class Running:
     attempts: int
     max_tokens: int | None = None
     turn: int = 0
+    conversation: list[dict[str, Any]] | None = None  # a tool loop's turns so far
 
 
 def _started_audit(row: Row[Any]) -> list[state.Audit]:
@@ -73,15 +74,15 @@ def _mark_running(execution_id: str, steps: list[dict[str, Any]]) -> Running | N
     row = state.move(
         execution_id, ExecutionStatus.RUNNING, actor=ACTOR,
         from_statuses=[ExecutionStatus.PENDING, ExecutionStatus.RUNNING],
-        values={"attempts": EXECUTIONS.c.attempts + 1,
-                "started_at": func.coalesce(EXECUTIONS.c.started_at, utcnow()), "steps": steps},
+        values={"attempts": state.Add(1), "started_at": state.KeepOr(utcnow()), "steps": steps},
         audit_rows=_started_audit,
         announce=False,  # the run announces it on the stream under its lease
+        returning=("message", "timeout_s", "started_at", "attempts", "max_tokens", "turns", "conversation"),
     )
     if row is None:
         return None
     return Running(execution_id, row.workspace_id, row.agent_id, row.message, int(row.timeout_s),
-                   row.started_at, int(row.attempts), row.max_tokens, int(row.turns or 0))
+                   row.started_at, int(row.attempts), row.max_tokens, int(row.turns or 0), row.conversation)
 
 
 def _next_attempt(execution: Running, error: ProviderError, delay_s: float) -> int:
@@ -147,11 +148,13 @@ def run(previous: dict[str, Any]) -> dict[str, Any]:
 
 
 def _agent_config(execution: Running, previous: dict[str, Any]) -> dict[str, Any]:
-    """The agent as the governance step just read it (saves a query), or from the database."""
-    if isinstance(previous.get("agent"), dict):
+    """The agent as the governance step just read it (saves a query), or from the database (a chain sent before
+    the governance step passed the agent's tools on)."""
+    if isinstance(previous.get("agent"), dict) and "tools" in previous["agent"]:
         return dict(previous["agent"])
     agent = db.session.get(Agent, execution.agent_id)
-    return {"llm": (agent.llm if agent else None) or {}, "system_prompt": agent.system_prompt if agent else None}
+    return {"llm": (agent.llm if agent else None) or {}, "system_prompt": agent.system_prompt if agent else None,
+            "tools": agent.tools if agent else None}
 
 
 def _stream_with_retries(
@@ -161,7 +164,8 @@ def _stream_with_retries(
     resolved = llm_config.resolve(execution.workspace_id, agent, settings.timeouts)
     resolved = replace(resolved, options=with_max_tokens(resolved.provider.name, resolved.options,
                                                          execution.max_tokens))
-    extras = turns.stream_extras(execution.id)  # a tool loop's conversation so far and the agent's tools
+    # a tool loop's conversation so far and the agent's tools
+    extras = turns.stream_extras(execution.id, conversation=execution.conversation, tools=agent.get("tools"))
     db.session.commit()  # hold no transaction (or connection) while streaming
     credential_id = (agent.get("llm") or {}).get("credential_id")
     estimate = admission.estimate_tokens(system_prompt=resolved.system_prompt, message=execution.message,

@@ -47,14 +47,15 @@ def run(result: dict[str, Any]) -> dict[str, Any]:
         values={
             "output": result.get("output") or "",
             # summed over the turns of a tool loop (a single-turn execution starts from 0)
-            "prompt_tokens": state.EXECUTIONS.c.prompt_tokens + int(usage.get("prompt_tokens", 0)),
-            "completion_tokens": state.EXECUTIONS.c.completion_tokens + int(usage.get("completion_tokens", 0)),
-            "turns": state.EXECUTIONS.c.turns + 1,
+            "prompt_tokens": state.Add(int(usage.get("prompt_tokens", 0))),
+            "completion_tokens": state.Add(int(usage.get("completion_tokens", 0))),
+            "turns": state.Add(1),
             "error_code": error["code"] if error else None,
             "error_message": error["message"] if error else None,
             "steps": [*(result.get("steps") or []), result["llm_step"], step_record("persist", "completed", started)],
         },
         audit_rows=[state.Audit(action, res, details) for action, res in OUTCOME_AUDIT[outcome.value]],
+        returning=("metadata",),
     )  # the terminal event it emits also drops the LLM run's lease
     if row is None:
         return _already_final(execution_id)

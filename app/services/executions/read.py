@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from app.extensions import db
 from app.models import Execution, ExecutionStatus
@@ -57,6 +57,21 @@ def get(principal: Principal, execution_id: str) -> Execution:
     if execution is None or execution.workspace_id != principal.workspace_id:
         raise NotFound(f"execution {execution_id} not found", {"execution_id": execution_id})
     return execution
+
+
+# Built once per process, on the table (Core: no ORM object, identity map or loading step for a follower's GET).
+_EXECUTIONS = Execution.__table__
+_ID_IN_WORKSPACE = select(_EXECUTIONS.c.id).where(_EXECUTIONS.c.id == bindparam("execution_id"),
+                                                  _EXECUTIONS.c.workspace_id == bindparam("workspace_id"))
+
+
+def require(principal: Principal, execution_id: str) -> str:
+    """The execution's id if it exists in the key's workspace (as `get`, without loading the row)."""
+    found = db.session.execute(_ID_IN_WORKSPACE, {"execution_id": execution_id,
+                                                  "workspace_id": principal.workspace_id}).scalar_one_or_none()
+    if found is None:
+        raise NotFound(f"execution {execution_id} not found", {"execution_id": execution_id})
+    return str(found)
 
 
 def list_for_agent(

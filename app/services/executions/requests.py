@@ -107,7 +107,7 @@ def request(
     enqueue: Enqueue | None = None,
 ) -> Execution:
     """Record the execution and its audit rows, commit, then emit its first event and enqueue its chain."""
-    agent = agents.get(principal, agent_id)
+    agent = agents.run_settings(principal, agent_id)
     fingerprint = request_hash(agent_id=agent_id, body=body.as_dict())
     if idempotency_key is not None:
         existing = _find_by_key(principal.workspace_id, idempotency_key)
@@ -174,7 +174,7 @@ def request(
         emit_quietly(execution.id, terminal_event(execution))
         raise GovernanceDenied(decision.reason, {"execution_id": execution.id, "reason": decision.reason})
     if status is ExecutionStatus.PENDING:
-        start(execution, enqueue or bound_enqueue())
+        start(execution, enqueue or bound_enqueue(), agent)
         return execution
     try:
         emit_status(execution.id, status)
@@ -183,12 +183,12 @@ def request(
     return execution
 
 
-def start(execution: Execution, enqueue: Enqueue) -> None:
+def start(execution: Execution, enqueue: Enqueue, agent: agents.RunSettings | None = None) -> None:
     """After commit: announce `pending`, enqueue the chain, mark it queued. On failure end it `failed`, answer 503."""
     try:
         emit_status(execution.id, ExecutionStatus.PENDING)
         # Over a limit, it waits in the admission queue, whose dispatcher sends the chain later.
-        if isinstance(admission.admit(execution), admission.Admitted):
+        if isinstance(admission.admit(execution, agent), admission.Admitted):
             enqueue(execution.id, list(execution.task_ids or []))
     except Exception as exc:  # noqa: BLE001 - broker or Redis down: nothing was confirmed to the client
         _unavailable(execution, exc)

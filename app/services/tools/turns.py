@@ -34,13 +34,11 @@ def specs_of(tools: list[dict[str, Any]] | None) -> list[ToolSpec]:
                      parameters=dict(tool.get("parameters") or DEFAULT_PARAMETERS)) for tool in tools or []]
 
 
-def stream_extras(execution_id: str) -> dict[str, Any]:
-    """provider.stream's `messages` (the conversation so far) and `tools` (the agent's), for this turn."""
-    found = db.session.execute(
-        select(Execution.conversation, Agent.tools).join(Agent, Agent.id == Execution.agent_id)
-        .where(Execution.id == execution_id)
-    ).one_or_none()
-    if found is None or (not found.tools and not found.conversation):
+def stream_extras(execution_id: str, *, conversation: list[dict[str, Any]] | None,
+                  tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """provider.stream's `messages` (the conversation so far) and `tools` (the agent's), for this turn; the
+    execution's conversation and the agent's tools as the LLM step read them (no query for an agent without tools)."""
+    if not tools and not conversation:
         return {}
     if unfinished_calls(execution_id):
         # A second chain of this turn (a re-sent one after a kill) while the tools step still runs the calls:
@@ -48,8 +46,8 @@ def stream_extras(execution_id: str) -> dict[str, Any]:
         from app.services.executions.llm_run import Lost
 
         raise Lost()
-    messages: list[Message] = load(found.conversation)
-    return {"messages": messages, "tools": specs_of(found.tools)}
+    messages: list[Message] = load(conversation)
+    return {"messages": messages, "tools": specs_of(tools)}
 
 
 def unfinished_calls(execution_id: str) -> bool:
