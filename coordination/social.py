@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 InboxOwner = Callable[[list[str]], Iterable[str]]
 DEFAULT_MAX_HOPS = 10
 KNOWN_INBOXES_MAX = 200_000  # receivers whose inbox this process declared; forgotten all at once past this
+INBOX_REFUSED = "inbox_refused"  # an outcome: the broker refused to declare the receiver's inbox, nothing was sent
+
+
+class _InboxRefused(BrokerUnavailable):
+    """The broker closed the channel on an inbox declare (e.g. PRECONDITION_FAILED: other arguments)."""
 _MESSAGE_KEYS = frozenset(
     {"from_agent_id", "to_agent_id", "message", "correlation_id", "message_id", "workspace_id", "hop"}
 )
@@ -39,6 +44,9 @@ _MESSAGE_KEYS = frozenset(
 
 def _error_for(outcome: str, message_id: str) -> DeliveryError:
     """The exception that names why a publish was not confirmed."""
+    if outcome == INBOX_REFUSED:
+        return BrokerUnavailable(f"the broker refused to declare the receiver's inbox: {message_id} not sent",
+                                 message_id=message_id)
     if outcome == broker.UNROUTABLE:
         return Unroutable(f"message {message_id} is unroutable: the receiver has no inbox", message_id=message_id)
     if outcome == broker.NACKED:
@@ -126,6 +134,10 @@ class SocialLayer:
                     part = session.publish(outgoing[start:], timeout_s=self.confirm_timeout_s)
                     sent = zip(outgoing[start:], part, strict=True)
                     notify(session, [item.routing_key for item, result in sent if result == broker.CONFIRMED])
+            except _InboxRefused as exc:
+                log.error("%s", exc)
+                results[start:] = [INBOX_REFUSED] * (len(outgoing) - start)
+                break
             except broker.CONNECTION_ERRORS as exc:
                 log.warning("cannot connect to the broker (attempt %d): %s", attempt + 1, exc)
                 part = [broker.CONNECTION_LOST] * (len(outgoing) - start)
@@ -144,7 +156,7 @@ class SocialLayer:
         """Declare the inboxes of registered receivers this process has not sent to yet: one round trip.
 
         The broker has handled every declare before anything is published (coordination.topology); a declare
-        it refuses closes the channel: BrokerUnavailable.
+        it refuses closes the channel: _InboxRefused, and a send gets INBOX_REFUSED for what it had left.
         """
         if self.inbox_owner is None:
             return
@@ -158,7 +170,7 @@ class SocialLayer:
             declare_inboxes_on(session.channel(), owned, queue_type=self.queue_type, max_attempts=self.max_attempts)
         except broker.CHANNEL_ERRORS as exc:
             session.reset_channel()
-            raise BrokerUnavailable(f"the broker refused to declare an inbox: {exc}") from exc
+            raise _InboxRefused(f"the broker refused to declare an inbox of {owned}: {exc}") from exc
         if len(self._inboxes) + len(owned) > KNOWN_INBOXES_MAX:
             self._inboxes.clear()
         self._inboxes.update(owned)

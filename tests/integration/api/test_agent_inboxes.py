@@ -14,6 +14,7 @@ from app import create_app
 from app.extensions import db
 from app.models import Agent
 from app.services import coordination_clients
+from coordination.broker import connect
 from tests.support import services
 from tests.support.api import ApiClient, new_workspace_client
 
@@ -98,3 +99,27 @@ def test_broker_down_still_registers_agents_and_a_send_answers_503(app: Flask) -
     assert sent.get_json()["error"]["details"]["dependency"] == "broker"
     actions = [row["action"] for row in api.get("/audit").get_json()["items"]]
     assert actions.count("agent.created") == 2 and "message.sent" not in actions
+
+
+def test_an_inbox_the_broker_refuses_is_a_503_naming_the_message_and_nothing_is_sent(
+    api: ApiClient, broker_url: str
+) -> None:
+    sender, receiver = api.create_agent(), api.create_agent()
+    name = f"agent.{receiver['id']}.inbox"
+    conn = connect(broker_url, timeout_s=10)
+    try:
+        conn.connection.channel().queue_declare(queue=name, durable=True, auto_delete=False)  # no DLX: other args
+        refused = api.post(f"/agents/{sender['id']}/messages",
+                           json={"to_agent_id": receiver["id"], "message": "x", "message_id": f"refused-{name}"})
+        assert refused.status_code == 503, refused.get_json()
+        details = refused.get_json()["error"]["details"]
+        assert details["dependency"] == "broker" and details["message_id"] == f"refused-{name}"
+        assert conn.connection.channel().queue_declare(queue=name, passive=True).message_count == 0
+        conn.connection.channel().queue_delete(name)
+    finally:
+        conn.release()
+    again = api.post(f"/agents/{sender['id']}/messages",
+                     json={"to_agent_id": receiver["id"], "message": "x", "message_id": f"refused-{name}"})
+    assert again.status_code == 201  # the retry the 503 asks for declares the inbox with the right arguments
+    assert [m["message"] for m in api.get(f"/agents/{receiver['id']}/messages").get_json()["messages"]] == ["x"]
+    assert _inbox(broker_url, receiver["id"]).json()["arguments"]["x-dead-letter-exchange"] == "agents.dlx"
