@@ -37,7 +37,7 @@ def create_fields(body: AgentCreate) -> dict[str, Any]:
 
 
 @bp.post("")
-@api_doc(summary="Register an agent", body=AgentCreate, responses={201: AgentOut, 422: ErrorOut},
+@api_doc(summary="Register an agent", body=AgentCreate, responses={201: AgentOut, 422: ErrorOut, 503: ErrorOut},
          tags=["agents"])
 def create_agent() -> tuple[dict[str, Any], int]:
     agent = agents.create(current_principal(), create_fields(parse_body(AgentCreate)))
