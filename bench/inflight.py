@@ -314,7 +314,9 @@ def database(sqlite: bool, token: str) -> Iterator[str]:
 
 
 def run(sizes: list[int], chunks: int, seconds: float, llm_concurrency: int, stop_poll_s: float | None,
-        profile_dir: Path | None, sqlite: bool = False, workspaces: int = 10, hold: bool = False) -> dict[str, Any]:
+        profile_dir: Path | None, sqlite: bool = False, workspaces: int = 10, hold: bool = False,
+        worker_pool: str = "prefork", worker_concurrency: int = 4, extra_env: dict[str, str] | None = None,
+        ) -> dict[str, Any]:
     raise_nofile()
     token = services.run_token()
     redis_url = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
@@ -325,16 +327,19 @@ def run(sizes: list[int], chunks: int, seconds: float, llm_concurrency: int, sto
         tempfile.TemporaryDirectory() as tmp,
     ):
         env, app = migrated_app(database_url, broker_url, redis_url)
+        env = {**env, **(extra_env or {})}
         llm_server = subprocess.Popen(
             [sys.executable, "-m", "bench.llm_server", "--chunks", str(chunks), "--seconds", str(seconds)],
             cwd=ROOT, stdout=subprocess.PIPE, start_new_session=True)
         assert llm_server.stdout is not None
         llm_base = f"http://127.0.0.1:{llm_server.stdout.readline().split()[1].decode()}"
         worker = WorkerProcess(database_url=database_url, broker_url=broker_url, redis_url=redis_url,
-                               log_path=Path(tmp) / "worker.log", concurrency=4, queues=GOVERNANCE_QUEUES,
+                               log_path=Path(tmp) / "worker.log", concurrency=worker_concurrency, pool=worker_pool,
+                               queues=GOVERNANCE_QUEUES,
                                extra_env={**process_env("worker", database_url),
-                                          "EXECUTION_SWEEP_INTERVAL_S": "0"}).start()
-        llm_env = {**process_env("worker-llm", database_url), "EXECUTION_SWEEP_INTERVAL_S": "0"}
+                                          "EXECUTION_SWEEP_INTERVAL_S": "0", **(extra_env or {})}).start()
+        llm_env = {**process_env("worker-llm", database_url), "EXECUTION_SWEEP_INTERVAL_S": "0",
+                   **(extra_env or {})}
         if stop_poll_s is not None:
             llm_env["LLM_STOP_POLL_S"] = str(stop_poll_s)
         llm = llm_worker(database_url=database_url, broker_url=broker_url, redis_url=redis_url,
@@ -366,7 +371,8 @@ def run(sizes: list[int], chunks: int, seconds: float, llm_concurrency: int, sto
             stop_group(llm_server, 10)
     return {"rows": rows, "setup": {
         "llm_worker": f"threads -c {llm_concurrency}, LLM_STOP_POLL_S={stop_poll_s or 'worker default'}",
-        "worker": "prefork -c 4 (governance, persist)", "web": "gunicorn gevent x2",
+        "worker": f"{worker_pool} -c {worker_concurrency} (governance, persist)", "env": extra_env or {},
+        "web": "gunicorn gevent x2",
         "provider": f"openai over HTTP to bench/llm_server.py, {chunks} chunks over {seconds} s",
         "submitters": SUBMITTERS, "workspaces": workspaces, "database": "sqlite" if sqlite else "postgresql"}}
 
@@ -388,6 +394,11 @@ def main() -> None:
     parser.add_argument("--sqlite", action="store_true", help="run on a SQLite file instead of PostgreSQL")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="py-spy record the LLM worker, the web and the prefork worker during each size into DIR")
+    parser.add_argument("--worker-pool", default="prefork", choices=["prefork", "threads"],
+                        help="the pool of the worker on `executions` (governance, persist)")
+    parser.add_argument("--worker-concurrency", type=int, default=4)
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="set in the web's and both workers' environment (e.g. CELERY_TASK_EVENTS=0)")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tenants", type=Path, help=argparse.SUPPRESS)
@@ -399,7 +410,8 @@ def main() -> None:
         client_main(args.port, args.tenants, args.count, args.out)
         return
     result = run([int(size) for size in args.sizes.split(",")], args.chunks, args.seconds, args.llm_concurrency,
-                 args.stop_poll_s, args.profile, args.sqlite, args.workspaces, args.hold)
+                 args.stop_poll_s, args.profile, args.sqlite, args.workspaces, args.hold, args.worker_pool,
+                 args.worker_concurrency, dict(item.split("=", 1) for item in args.env))
     print(table(result["rows"], ["executions", "mode", "completed", "in_order", "peak_in_flight", "wall_s", "ideal_s",
                                  "first_delta_p50_ms", "first_delta_p99_ms", "post_to_first_delta_p99_ms",
                                  "pg_connections_peak", "load_before"]))

@@ -14,6 +14,8 @@ import pytest
 import redis
 from flask import Flask
 
+from app.extensions import db
+from app.models import Execution
 from app.services.streams import stream_key
 from tests.conftest import build_app
 from tests.support import services
@@ -98,15 +100,14 @@ def openai_agent(api: ApiClient, fake: FakeLLMServer) -> dict[str, Any]:
 
 
 def test_each_step_runs_on_its_pool_and_sends_task_events(split: Split, sapi: ApiClient) -> None:
-    """Flower builds its view from task events: the threads worker must send them too."""
-    succeeded: list[str] = []  # the hostname of each task-succeeded event
+    """Flower builds its view from task events: the threads worker must send them too, batched or not."""
+    events: list[dict[str, Any]] = []
     celery_app = split.app.extensions["celery"]
     listening, stop = threading.Event(), threading.Event()
 
     def capture() -> None:
         with celery_app.connection_for_read() as connection:
-            receiver = celery_app.events.Receiver(connection, handlers={
-                "task-succeeded": lambda event: succeeded.append(str(event["hostname"]).split("@")[0])})
+            receiver = celery_app.events.Receiver(connection, handlers={"*": events.append})
             # Each step of the loop is one event or one idle second; the first comes once the queue is bound.
             for _ in receiver.itercapture(limit=None, timeout=None, wakeup=False):
                 listening.set()
@@ -119,11 +120,26 @@ def test_each_step_runs_on_its_pool_and_sends_task_events(split: Split, sapi: Ap
     agent = sapi.create_agent(llm={"provider": "scripted", "options": {"text": "split pools"}})
     execution_id = execute(sapi, agent["id"])
     assert wait_status(sapi, execution_id)["output"] == "split pools"
-    governance_host, llm_host = split.governance.name.split("@")[0], split.llm.name.split("@")[0]
-    wait_for(lambda: succeeded.count(governance_host) >= 2 and succeeded.count(llm_host) >= 1, 10,
-             "task-succeeded from both workers (governance and persist on one, the LLM step on the other)")
+    with split.app.app_context():
+        task_ids = list(db.session.get(Execution, execution_id).task_ids or [])
+    assert len(task_ids) == 3
+
+    def kinds(task_id: str) -> set[str]:
+        return {str(event["type"]) for event in list(events) if event.get("uuid") == task_id}
+
+    wait_for(lambda: all({"task-received", "task-started", "task-succeeded"} <= kinds(task_id) for task_id in task_ids),
+             10, "received, started and succeeded events for each of the three steps")
     stop.set()
     thread.join(5)
+    by_task = {event["uuid"]: event for event in events if event["type"] == "task-received"}
+    governance_host, llm_host = split.governance.name.split("@")[0], split.llm.name.split("@")[0]
+    assert [str(by_task[task_id]["hostname"]).split("@")[0] for task_id in task_ids] == [
+        governance_host, llm_host, governance_host]
+    # Flower lists a step by its execution: the arguments shown name it, and hold no prompt or reply.
+    assert by_task[task_ids[0]]["args"] == repr((execution_id,))
+    for task_id in task_ids[1:]:
+        assert by_task[task_id]["args"] == "({'execution_id': " + repr(execution_id) + ", ...},)"
+    assert not any(event["type"] == "task-sent" for event in events)  # Flower shows a task from task-received on
     assert "executions.llm[" in split.llm.log() and "executions.governance[" not in split.llm.log()
     assert "executions.llm[" not in split.governance.log()
 

@@ -25,3 +25,12 @@ def test_without_stored_ids_celery_chooses_them() -> None:
 
 def test_the_task_names_are_the_ones_flower_and_operators_see() -> None:
     assert (GOVERNANCE, LLM, PERSIST) == ("executions.governance", "executions.llm", "executions.persist")
+
+
+def test_flower_shows_each_step_by_its_execution_not_its_payload() -> None:
+    """Celery would otherwise saferepr the previous step's whole result (prompt, reply) into every message."""
+    app = Celery("unit", set_as_current=False)
+    steps = build(app, "exec-1", ["t1", "t2", "t3"]).tasks
+    assert [step.options["argsrepr"] for step in steps] == [
+        "('exec-1',)", "({'execution_id': 'exec-1', ...},)", "({'execution_id': 'exec-1', ...},)"]
+    assert {step.options["kwargsrepr"] for step in steps} == {"{}"}
