@@ -45,7 +45,7 @@ from app.llm.base import (
 )
 from app.llm.http_errors import error_for_exception, error_for_status, error_message_from_body
 from app.llm.redact import redact
-from app.llm.stopping import POLL_INTERVAL_S, check_stop
+from app.llm.stopping import POLL_INTERVAL_S
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +82,32 @@ def _wait_s(deadline: float | None, timeout_error: type[Exception]) -> float:
     return min(POLL_INTERVAL_S, remaining)
 
 
+class _StopCheck:
+    """check_stop for one call. It remembers an exception should_stop itself raised (the LLM step's lease check can
+    fail on Redis), which then reaches the caller as it is, not mapped like a failure of the HTTP call."""
+
+    __slots__ = ("should_stop", "failure")
+
+    def __init__(self, should_stop: ShouldStop) -> None:
+        self.should_stop = should_stop
+        self.failure: Exception | None = None
+
+    def __call__(self) -> None:
+        try:
+            stop = self.should_stop()
+        except Exception as exc:
+            self.failure = exc
+            raise
+        if stop:
+            raise Stopped()
+
+
 class _StopAwareStream(httpcore.NetworkStream):
     """A connected socket (plain or TLS) whose blocking calls wait POLL_INTERVAL_S at most, asking should_stop."""
 
-    def __init__(self, sock: socket.socket, should_stop: ShouldStop) -> None:
+    def __init__(self, sock: socket.socket, check_stop: _StopCheck) -> None:
         self._sock = sock
-        self._should_stop = should_stop
+        self._check_stop = check_stop
         self._timeout = POLL_INTERVAL_S
         sock.settimeout(POLL_INTERVAL_S)
 
@@ -104,7 +124,7 @@ class _StopAwareStream(httpcore.NetworkStream):
             try:
                 return self._sock.recv(max_bytes)
             except TimeoutError:  # socket.timeout; an SSL socket's state stays fine for the next try
-                check_stop(self._should_stop)
+                self._check_stop()
             except OSError as exc:
                 raise httpcore.ReadError(exc) from exc
 
@@ -115,7 +135,7 @@ class _StopAwareStream(httpcore.NetworkStream):
             try:
                 sent = self._sock.send(buffer)
             except TimeoutError:
-                check_stop(self._should_stop)
+                self._check_stop()
                 continue
             except OSError as exc:
                 raise httpcore.WriteError(exc) from exc
@@ -138,14 +158,14 @@ class _StopAwareStream(httpcore.NetworkStream):
             # wrap_socket takes the file descriptor over: from here on it is closed through self._sock.
             tls = self._sock = ssl_context.wrap_socket(self._sock, server_hostname=server_hostname,
                                                        do_handshake_on_connect=False)
-            stream = _StopAwareStream(tls, self._should_stop)
+            stream = _StopAwareStream(tls, self._check_stop)
             while True:
                 stream._set_timeout(_wait_s(deadline, httpcore.ConnectTimeout))
                 try:
                     tls.do_handshake()
                     return stream
                 except TimeoutError:
-                    check_stop(self._should_stop)
+                    self._check_stop()
         except OSError as exc:
             self.close()
             raise httpcore.ConnectError(exc) from exc
@@ -174,8 +194,8 @@ class _StopAwareStream(httpcore.NetworkStream):
 class _StopAwareBackend(httpcore.NetworkBackend):
     """httpcore's network backend for one call: connects without blocking more than POLL_INTERVAL_S at a time."""
 
-    def __init__(self, should_stop: ShouldStop) -> None:
-        self._should_stop = should_stop
+    def __init__(self, check_stop: _StopCheck) -> None:
+        self._check_stop = check_stop
 
     def connect_tcp(
         self,
@@ -208,7 +228,7 @@ class _StopAwareBackend(httpcore.NetworkBackend):
             except BaseException:
                 sock.close()
                 raise
-            return _StopAwareStream(sock, self._should_stop)
+            return _StopAwareStream(sock, self._check_stop)
         raise httpcore.ConnectError(last_error or OSError("getaddrinfo returned no address"))
 
     def _connect(self, sock: socket.socket, address: Any, deadline: float | None) -> None:
@@ -219,7 +239,7 @@ class _StopAwareBackend(httpcore.NetworkBackend):
             poller = select.poll()
             poller.register(sock, select.POLLOUT)
             while not poller.poll(math.ceil(_wait_s(deadline, httpcore.ConnectTimeout) * 1000)):
-                check_stop(self._should_stop)
+                self._check_stop()
             error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
         if error:
             raise OSError(error, os.strerror(error))
@@ -230,14 +250,14 @@ class _StopAwareBackend(httpcore.NetworkBackend):
         return httpcore.SyncBackend().connect_unix_socket(path, timeout, socket_options)
 
 
-def _client(timeouts: Timeouts, should_stop: ShouldStop, transport: httpx.BaseTransport | None) -> httpx.Client:
+def _client(timeouts: Timeouts, check_stop: _StopCheck, transport: httpx.BaseTransport | None) -> httpx.Client:
     """An httpx client for one call whose own transports (direct, and any proxy from the environment) are stop-aware."""
     timeout = httpx.Timeout(connect=timeouts.connect, read=timeouts.read, write=timeouts.write, pool=timeouts.connect)
     client = httpx.Client(timeout=timeout, transport=transport, verify=_ssl_context())
     if transport is None:
         # httpx takes no network backend; its transports keep their httpcore pool (ConnectionPool, or HTTPProxy or
         # SOCKSProxy, its subclasses) in _pool, which uses _network_backend for every connection (httpx pinned).
-        backend = _StopAwareBackend(should_stop)
+        backend = _StopAwareBackend(check_stop)
         for mounted in (client._transport, *client._mounts.values()):
             if isinstance(mounted, httpx.HTTPTransport):
                 mounted._pool._network_backend = backend
@@ -274,10 +294,11 @@ def stream_lines(
 ) -> Generator[str, None, None]:
     """Yield the response body's lines; raise ProviderError on failure, Stopped when should_stop() is True."""
     secrets = tuple(secrets)
-    check_stop(should_stop)
+    check_stop = _StopCheck(should_stop)
+    check_stop()
     try:
         # Leaving these blocks (the end, an error, Stopped, or the caller closing the generator) closes the connection.
-        with _client(timeouts, should_stop, transport) as client:
+        with _client(timeouts, check_stop, transport) as client:
             with client.stream("POST", request.url, headers=request.headers, json=request.body) as response:
                 log.debug("llm upstream %s answered %s", redact(request.url, secrets), response.status_code)
                 _check_response(response, secrets)
@@ -288,9 +309,11 @@ def stream_lines(
                     now = time.monotonic()
                     if now - last_check >= POLL_INTERVAL_S:  # chunks keep coming: no socket wait asked
                         last_check = now
-                        check_stop(should_stop)
+                        check_stop()
                 yield from decoder.flush()
     except (ProviderError, Stopped):
         raise
     except Exception as exc:  # noqa: BLE001 - every transport failure reaches the caller as a ProviderError
+        if exc is check_stop.failure:
+            raise
         raise error_for_exception(exc, secrets) from None

@@ -65,7 +65,18 @@ class HangingServer:
     def _answer(self, conn: socket.socket) -> None:
         data = b""
         while b"\r\n\r\n" not in data:
-            data += conn.recv(65536)
+            received = conn.recv(65536)
+            if not received:
+                return  # the client went before its request was complete
+            data += received
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:  # read it all: closing with unread bytes would reset the connection
+            received = conn.recv(65536)
+            if not received:
+                return
+            body += received
         conn.sendall(self.reply)
         if self.close:
             return
@@ -226,3 +237,23 @@ def test_an_untrusted_certificate_is_a_connection_error(
                           secrets=()))
     assert info.value.code == "connection_error"
     assert "CERTIFICATE_VERIFY_FAILED" in info.value.message
+
+
+def test_an_error_of_should_stop_itself_reaches_the_caller_as_it_is(
+    server_factory: Callable[..., HangingServer],
+) -> None:
+    server = server_factory()
+    failure = ConnectionError("the lease check could not reach Redis")
+    calls: list[int] = []
+
+    def should_stop() -> bool:
+        """Fine for the check before the request, then fails inside the hanging read."""
+        calls.append(1)
+        if len(calls) > 1:
+            raise failure
+        return False
+
+    with pytest.raises(ConnectionError) as info:
+        list(stream_lines(request_to(server.port), timeouts=Timeouts(read=60), should_stop=should_stop, secrets=()))
+    assert info.value is failure
+    assert server.client_gone.wait(2.0)
