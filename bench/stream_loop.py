@@ -2,10 +2,10 @@
 
     .venv/bin/python -m bench.stream_loop [--streams 200] [--chunks 20] [--seconds 10] [--no-watch]
 
-N threads each stream one call from bench/llm_server.py through OpenAIProvider.stream (a reader thread per call,
-as in the LLM worker) and emit every delta with Run.emit, under a claimed lease, on a scratch Redis DB. Prints the
-process's CPU (user and system) per delta; run it with LLM_STOP_POLL_S=0.25 to match `worker-llm`. --no-watch runs
-without the process's cancel watch (the runs then poll the cancel flag, as before it existed).
+N threads each stream one call from bench/llm_server.py through OpenAIProvider.stream (each thread reads its own
+response, as in the LLM worker) and emit every delta with Run.emit, under a claimed lease, on a scratch Redis DB.
+Prints the process's CPU (user and system) per delta; run it with LLM_STOP_POLL_S=0.25 to match `worker-llm`.
+--no-watch runs without the process's cancel watch (the runs then poll the cancel flag, as before it existed).
 """
 
 from __future__ import annotations

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 import time
 import traceback
 
@@ -163,11 +162,6 @@ def test_should_stop_interrupts_a_stall_within_50ms(name: str, where: str, fake_
     with pytest.raises(Stopped):
         drain(provider_for(name, fake_llm_server, read=60), should_stop=should_stop)
     assert time.monotonic() - stop_requested[0] < 0.05
-    # The socket was shut down, so the reader thread is not left blocked until the read timeout.
-    deadline = time.monotonic() + 1.0
-    while any(t.name == "llm-http-stream" for t in threading.enumerate()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not any(t.name == "llm-http-stream" for t in threading.enumerate())
 
 
 @pytest.mark.parametrize("name", FLAVOURS)
