@@ -29,6 +29,8 @@ EVENT_TYPES = frozenset({"status", "delta", "reset", "tool_call", "tool_result"}
 # Idempotent per emit token: when Redis dies after running the script but before its reply arrives, the
 # client's retry (same token) gets the id already appended instead of appending the event a second time
 # (a repeated delta found by tests/chaos/test_redis_restart.py).
+# Each append is also PUBLISHed (its id) on the channel named like the stream key: the SSE fan-out reader
+# subscribes to the streams it follows and reads only those it heard of (stream_fanout.py); ~1 us unheard.
 _EMIT_LUA = """
 local cancel = redis.call('EXISTS', KEYS[5])
 local last = redis.call('GET', KEYS[6])
@@ -40,6 +42,7 @@ if redis.call('EXISTS', KEYS[3]) == 1 then return {-1, cancel} end
 if ARGV[4] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[4] then return {-2, cancel} end
 local n = redis.call('INCR', KEYS[2])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[5], n .. '-0', 'event', ARGV[1], 'data', ARGV[2])
+redis.call('PUBLISH', KEYS[1], n)
 redis.call('SET', KEYS[6], ARGV[7] .. ':' .. n, 'EX', ARGV[6])
 if ARGV[3] == '1' then
   redis.call('SET', KEYS[3], n)

@@ -6,16 +6,18 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
-from app.services.stream_fanout import StreamFanout, Subscription, fanout
-from app.services.streams import EventLog
+from app.services.stream_fanout import CLIENT_NAME, StreamFanout, Subscription, fanout
+from app.services.streams import EventLog, stream_key
 from tests.chaos.checks import wait_for
 from tests.support.redis_node import private_redis
 
@@ -154,6 +156,101 @@ def test_the_reader_survives_a_killed_connection(readers: StreamFanout, events: 
         assert ids == list(range(1, 11))
 
 
+def _reader_connections(redis_client: redis.Redis, *, subscribed: bool) -> list[dict[str, Any]]:
+    database = int(redis_client.connection_pool.connection_kwargs.get("db", 0))
+    return [c for c in redis_client.client_list() if c.get("name") == CLIENT_NAME and int(c["db"]) == database
+            and (int(c["sub"]) > 0) == subscribed]
+
+
+def test_followers_joining_mid_stream_get_everything_after_their_point_once(
+        readers: StreamFanout, events: EventLog) -> None:
+    """While a writer appends, followers join at the id they last read (as the SSE feed does): each one's queue
+    holds every later event (from its catch-up point, the rest it reads with XRANGE), once and in order."""
+    execution_id, total = new_execution(), 300
+    with readers.subscribe(execution_id, 0) as first:
+        writer = threading.Thread(target=lambda: [(emit_deltas(events, execution_id, 1, start=n), time.sleep(0.002))
+                                                  for n in range(total)])
+        writer.start()
+        joined = []
+        try:
+            for _ in range(8):
+                time.sleep(0.05)
+                backlog = events.read_after(execution_id, 0)
+                after = backlog[-1].id if backlog else 0
+                joined.append((after, readers.subscribe(execution_id, after)))
+        finally:
+            writer.join()
+        try:
+            assert received(first, total) == list(range(1, total + 1))
+            for after, subscription in joined:
+                # The queue: contiguous ids, each once, from at most just after the catch-up point (it may start
+                # earlier: the feed skips ids it already sent); the gap up to catch_up_to is the follower's XRANGE.
+                queued = received(subscription, total)
+                start = max(after, subscription.catch_up_to)
+                assert queued == list(range(queued[0], total + 1)) and queued[0] <= start + 1, (after, start)
+                gap = [event.id for event in events.read_after(execution_id, after)][:start - after]
+                assert gap + [i for i in queued if i > start] == list(range(after + 1, total + 1))
+                assert subscription.wait(0.2) == []
+        finally:
+            for _after, subscription in joined:
+                subscription.close()
+
+
+def test_a_read_names_only_the_streams_with_news(redis_url: str, events: EventLog) -> None:
+    readers = StreamFanout(redis_url, full_read_s=60)
+    quiet = [new_execution() for _ in range(50)]
+    busy = new_execution()
+    subscriptions = [readers.subscribe(execution_id, 0) for execution_id in [*quiet, busy]]
+    try:
+        time.sleep(0.5)  # the first (full) read and the reads on each SUBSCRIBE's confirmation are over
+        reads, streams_read = readers.reads, readers.streams_read
+        for seq in range(10):
+            emit_deltas(events, busy, 1, start=seq)
+            assert received(subscriptions[-1], seq + 1) == [seq + 1]
+        assert readers.reads - reads >= 1
+        assert readers.streams_read - streams_read == readers.reads - reads  # one stream per read: the busy one
+        assert all(subscription.wait(0.01) == [] for subscription in subscriptions[:-1])
+    finally:
+        for subscription in subscriptions:
+            subscription.close()
+
+
+def test_an_append_whose_notification_was_lost_arrives_with_the_full_read(
+        redis_url: str, events: EventLog, redis_client: redis.Redis) -> None:
+    readers = StreamFanout(redis_url, full_read_s=0.5)
+    execution_id = new_execution()
+    with readers.subscribe(execution_id, 0) as subscription:
+        emit_deltas(events, execution_id, 1)
+        assert received(subscription, 1) == [1]
+        redis_client.xadd(stream_key(execution_id), {"event": "delta", "data": "{}"}, id="2-0")  # no PUBLISH
+        started = time.monotonic()
+        assert received(subscription, 2, timeout_s=3) == [2]
+        assert time.monotonic() - started < 1.5
+
+
+def test_a_killed_pubsub_connection_loses_nothing(readers: StreamFanout, events: EventLog,
+                                                  redis_client: redis.Redis) -> None:
+    streams = [new_execution() for _ in range(20)]
+    subscriptions = {execution_id: readers.subscribe(execution_id, 0) for execution_id in streams}
+    try:
+        ids = {execution_id: [] for execution_id in streams}
+        for round_ in range(4):
+            for execution_id in streams:
+                emit_deltas(events, execution_id, 5, start=5 * round_)
+            listening = wait_for(lambda: _reader_connections(redis_client, subscribed=True),
+                                 what="the reader's pub/sub connection")
+            for connection in listening:
+                redis_client.client_kill_filter(_id=connection["id"])
+            for execution_id in streams:  # appended while the reader reconnects: nobody may be listening
+                emit_deltas(events, execution_id, 1, start=100 + round_)
+        for execution_id, subscription in subscriptions.items():
+            ids[execution_id] = received(subscription, 24)
+        assert all(got == list(range(1, 25)) for got in ids.values()), ids
+    finally:
+        for subscription in subscriptions.values():
+            subscription.close()
+
+
 def test_followers_end_with_the_error_when_redis_stays_down() -> None:
     with private_redis(persistent=False) as node:
         readers = StreamFanout(node.url, block_ms=1_000)
@@ -165,10 +262,9 @@ def test_followers_end_with_the_error_when_redis_stays_down() -> None:
                 while time.monotonic() < deadline:
                     subscription.wait(0.5)
         node.start()
-        events = EventLog(redis.Redis.from_url(node.url), max_events=100, retention_s=60)
         execution_id = new_execution()
-        with readers.subscribe(execution_id, 0) as after_restart:
-            emit_deltas(events, execution_id, 2)
+        with redis.Redis.from_url(node.url) as writer, readers.subscribe(execution_id, 0) as after_restart:
+            emit_deltas(EventLog(writer, max_events=100, retention_s=60), execution_id, 2)
             assert received(after_restart, 2) == [1, 2]
 
 
