@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery, Task
@@ -13,6 +14,8 @@ from app.extensions import db
 from app.logs import log_context
 from app.services import chain_publish
 from coordination import topology
+
+EVENTS_FLUSH_S = 0.1
 
 
 class QuorumReadyConsumer(Consumer):  # type: ignore[misc]
@@ -27,6 +30,39 @@ class QuorumReadyConsumer(Consumer):  # type: ignore[misc]
 
     class Blueprint(Consumer.Blueprint):  # type: ignore[misc]
         default_steps = [step for step in Consumer.Blueprint.default_steps if not step.endswith(":DelayedDelivery")]
+
+    _events_flush_due = 0.0  # monotonic time the scheduled flush is due at, 0 for none
+
+    def on_send_event_buffered(self) -> None:
+        """Flush buffered task events EVENTS_FLUSH_S after the first, not on the next loop tick.
+
+        Celery publishes the buffer (with a confirm) as soon as the loop turns, so at 90 executions/s nearly every
+        event went out as a message of its own: a third of the prefork main process's CPU, and a confirm's round
+        trip that held up its deliveries (py-spy, issue 12). Flower sees each task at most EVENTS_FLUSH_S later;
+        a full buffer (Celery's 24 events) still goes at once.
+        """
+        now = time.monotonic()
+        # A flush due more than a second ago was lost with its timer (a reconnect builds a new hub): schedule again.
+        if self.hub is None or (self._events_flush_due and now < self._events_flush_due + 1.0):
+            return
+        self._events_flush_due = now + EVENTS_FLUSH_S
+        self.hub.call_soon(self._schedule_events_flush)  # call_later is not thread safe; the loop thread runs this
+
+    def _schedule_events_flush(self) -> None:
+        if self.hub is not None:
+            self.hub.call_later(EVENTS_FLUSH_S, self._flush_buffered_events)
+
+    def _flush_buffered_events(self) -> None:
+        self._events_flush_due = 0.0
+        self._flush_events()
+
+    def shutdown(self) -> None:
+        """The events still buffered go out first: Celery closes the dispatcher without flushing its buffer."""
+        try:
+            self._flush_events()
+        except Exception:  # noqa: BLE001 - the broker may be gone; shutting down matters more than the events
+            pass
+        super().shutdown()
 
 
 def celery_init_app(app: Flask) -> Celery:
