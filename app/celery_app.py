@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 from celery import Celery, Task
+from celery.concurrency.prefork import TaskPool as PreforkPool
 from celery.signals import task_postrun, worker_process_init
 from celery.worker.consumer import Consumer
 from flask import Flask
@@ -39,8 +40,14 @@ class QuorumReadyConsumer(Consumer):  # type: ignore[misc]
         Celery publishes the buffer (with a confirm) as soon as the loop turns, so at 90 executions/s nearly every
         event went out as a message of its own: a third of the prefork main process's CPU, and a confirm's round
         trip that held up its deliveries (py-spy, issue 12). Flower sees each task at most EVENTS_FLUSH_S later;
-        a full buffer (Celery's 24 events) still goes at once.
+        a full buffer (Celery's 24 events) still goes at once. Prefork only, where every event is sent from the
+        loop's own thread: a threads pool sends them from its threads, which then flushed full buffers far more
+        often under the dispatcher's lock and a confirm, and the LLM worker's loop stalled past the AMQP heartbeat
+        (docs/decisions.md); it keeps Celery's flush.
         """
+        if not isinstance(self.pool, PreforkPool):
+            super().on_send_event_buffered()
+            return
         now = time.monotonic()
         # A flush due more than a second ago was lost with its timer (a reconnect builds a new hub): schedule again.
         if self.hub is None or (self._events_flush_due and now < self._events_flush_due + 1.0):
