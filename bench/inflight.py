@@ -47,6 +47,7 @@ from tests.support.processes import stop_group
 from tests.support.worker import GOVERNANCE_QUEUES, ROOT, WorkerProcess, llm_worker
 
 SUBMITTERS = 16
+HARNESS = ("llm server", "bench clients", "bench client")  # what a real deployment would not run on its box
 # Per process role (each connects with its own application_name): connections, and sessions idle inside a
 # transaction for over a second (a step holding a transaction while it waits on the network would show here).
 CONNECTIONS = ("SELECT application_name, count(*), count(*) FILTER (WHERE state = 'idle in transaction' "
@@ -256,6 +257,10 @@ def one_size(app: Any, web_port: int, llm_base: str, roles: dict[str, int], data
     cpu_us = {role: round((cpu_after[role] - cpu_before.get(role, 0.0)) * 1e6 / max(1, deltas), 1)
               for role in cpu_after if role != "other" and cpu_after[role] > cpu_before.get(role, 0.0)}
     submit_s = result["submitted_at"] - result["started_at"]
+    # 90% of N streams at chunks/seconds deltas/s each, at this run's box CPU per delta (per-execution work included):
+    # the cores the bar needs, and how many of them the harness (provider server, followers) takes by itself.
+    need = 0.9 * size * chunks / seconds / 1e6
+    harness_us = sum(cpu_us.get(role, 0.0) for role in HARNESS)
     wall_s = result["ended_at"] - result["started_at"]
     first = [item["first_lag_ms"] for item in executions if item["first_lag_ms"] is not None]
     post_first = [item["post_to_first_ms"] for item in executions if item["post_to_first_ms"] is not None]
@@ -282,6 +287,9 @@ def one_size(app: Any, web_port: int, llm_base: str, roles: dict[str, int], data
         "post_to_first_delta_p99_ms": round(percentile(post_first, 99), 1),
         "delta_lag_p99_ms": round(percentile(result["lags"], 99), 1),
         "cpu_us_per_delta": cpu_us,
+        "cores_for_90pct": round(need * sum(cpu_us.values()), 2),
+        "cores_for_90pct_harness_only": round(need * harness_us, 2),
+        "cores": os.cpu_count(),
         "peak_rss_mb": {role: round(mb, 1) for role, mb in sampler.rss_mb.items()},
         "pg_connections_peak": sampler.connections,
         "pg_connections_peak_by_role": sampler.by_role,
@@ -417,6 +425,9 @@ def main() -> None:
                                  "pg_connections_peak", "load_before"]))
     for row in result["rows"]:
         print(f"\nN={row['executions']}: cpu us per delta {row['cpu_us_per_delta']}")
+        print(f"N={row['executions']}: {0.9 * row['executions']:.0f} in flight at this CPU per delta needs "
+              f"{row['cores_for_90pct']} cores ({row['cores_for_90pct_harness_only']} of them the LLM server and "
+              f"the followers); the box has {row['cores']}")
         print(f"N={row['executions']}: peak RSS MB per process {row['peak_rss_mb']}; "
               f"PostgreSQL connections peak {row['pg_connections_peak']} ({row['pg_connections_peak_by_role']}), "
               f"idle in a transaction for > 1 s {row['pg_idle_in_transaction_1s_peak']}")

@@ -53,8 +53,7 @@ def test_llm_worker_sigkill_with_hundreds_in_flight_ends_every_execution_once(
         redis_url = redis_node.url
         app = build_app(pg_url, vhost_url, redis_url)
         api = new_workspace_client(app)
-        # 60 chunks 250 ms apart: each stream lasts 15 s, longer than submitting them all takes on a busy box, so
-        # one kill lands mid-stream for most of them.
+        # 60 chunks 250 ms apart: each stream lasts 15 s (or longer, with hundreds of them on 2 cores).
         agent = api.create_agent(llm={"provider": "scripted", "options": {"chunks": CHUNKS, "chunk_delay_ms": 250}})
         governance = WorkerProcess(database_url=pg_url, broker_url=vhost_url, redis_url=redis_url,
                                    log_path=tmp_path / "worker.log", concurrency=2, queues=GOVERNANCE_QUEUES).start()
@@ -65,11 +64,14 @@ def test_llm_worker_sigkill_with_hundreds_in_flight_ends_every_execution_once(
 
         executions: dict[str, tuple[str, str]] = {}
         streams_killed = 0
-        llm = new_llm_worker()
+        llm: WorkerProcess | None = None
         try:
             for index in range(in_flight):
                 message = f"execution {index}"
                 executions[execute(api, agent["id"], message)] = (message, EXPECTED)
+            # Started once every execution waits on executions.llm, so all of them stream at once, however slowly
+            # a busy box took the POSTs (600 took 34 s once: never 300 of 15 s streams at a time).
+            llm = new_llm_worker()
             for kill in range(kills):
                 baseline = {e: len(events) for e, events in snapshot(redis_url, executions).items()}
 
@@ -86,7 +88,8 @@ def test_llm_worker_sigkill_with_hundreds_in_flight_ends_every_execution_once(
                 llm = new_llm_worker()
             wait_until_all_ended(api, redis_url, executions, timeout_s=180, what="every execution to end")
         finally:
-            llm.stop()
+            if llm is not None:
+                llm.stop()
             governance.stop()
         result = tally(api, redis_url, executions)
         verify = api.get("/audit/verify").get_json()
