@@ -426,8 +426,8 @@ def main() -> None:
     for row in result["rows"]:
         print(f"\nN={row['executions']}: cpu us per delta {row['cpu_us_per_delta']}")
         print(f"N={row['executions']}: {0.9 * row['executions']:.0f} in flight at this CPU per delta needs "
-              f"{row['cores_for_90pct']} cores ({row['cores_for_90pct_harness_only']} of them the LLM server and "
-              f"the followers); the box has {row['cores']}")
+              f"{row['cores_for_90pct']} cores ({row['cores_for_90pct_harness_only']} of them the bench's own: the LLM "
+              f"server, the followers, this process); the box has {row['cores']}")
         print(f"N={row['executions']}: peak RSS MB per process {row['peak_rss_mb']}; "
               f"PostgreSQL connections peak {row['pg_connections_peak']} ({row['pg_connections_peak_by_role']}), "
               f"idle in a transaction for > 1 s {row['pg_idle_in_transaction_1s_peak']}")
