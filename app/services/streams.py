@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,22 @@ if holder or redis.call('EXISTS', KEYS[3]) == 1 then return {0, cancel} end
 if (redis.call('GET', KEYS[2]) or '0') ~= ARGV[3] then return {0, cancel} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return {1, cancel}
+"""
+
+# Many runs' leases in one call (lease_keeper.py). KEYS: each run's lease and cancel keys, in pairs; ARGV: the lease
+# in ms, then each run's token. Per run: 1 if the lease was its own (and is extended), plus 2 if a cancel is
+# requested. It never takes a lapsed lease back: that stays with the run itself (reclaim_run).
+_REFRESH_MANY_LUA = """
+local out = {}
+for i = 2, #ARGV do
+  local held = 0
+  if redis.call('GET', KEYS[2 * i - 3]) == ARGV[i] then
+    redis.call('PEXPIRE', KEYS[2 * i - 3], ARGV[1])
+    held = 1
+  end
+  out[i - 1] = held + 2 * redis.call('EXISTS', KEYS[2 * i - 2])
+end
+return out
 """
 
 MAX_BLOCK_MS = 30_000
@@ -160,6 +177,7 @@ class EventLog:
         self._emit = redis_client.register_script(_EMIT_LUA)
         self._refresh = redis_client.register_script(_REFRESH_LUA)
         self._reclaim = redis_client.register_script(_RECLAIM_LUA)
+        self._refresh_many = redis_client.register_script(_REFRESH_MANY_LUA)
 
     def emit(self, execution_id: str, event: str, data: dict[str, Any], *, run: str = "") -> int:
         """Append one event; returns its id, or a negative REFUSED_* code (already ended, or a stale run)."""
@@ -192,6 +210,18 @@ class EventLog:
     def refresh_run(self, execution_id: str, run: str, lease_ms: int) -> bool:
         """Keep the lease while streaming; False means another run took over (we were presumed dead)."""
         return bool(self._refresh(keys=[_keys(execution_id)[3]], args=[run, lease_ms]))
+
+    def refresh_runs(self, runs: Sequence[tuple[str, str]], lease_ms: int) -> list[tuple[bool, bool]]:
+        """refresh_run() for many (execution id, run token) pairs in one round trip, each answering (held, cancel
+        requested)."""
+        if not runs:
+            return []
+        keys: list[str] = []
+        for execution_id, _run in runs:
+            found = _keys(execution_id)
+            keys += [found[3], found[4]]
+        codes = self._refresh_many(keys=keys, args=[lease_ms, *(run for _id, run in runs)])
+        return [(bool(int(code) & 1), bool(int(code) & 2)) for code in codes]
 
     def reclaim_run(self, execution_id: str, run: str, lease_ms: int, last_seen_seq: int) -> bool:
         """Keep or take back the lease if it lapsed with nobody else on it and nothing emitted since last_seen_seq."""

@@ -18,6 +18,7 @@ from app.llm import Timeouts
 from app.llm.stopping import POLL_INTERVAL_S
 from app.models import Execution, ExecutionStatus
 from app.services.cancel_watch import CancelWatch
+from app.services.executions.lease_keeper import LeaseKeeper
 from app.services.streams import REFUSED_FENCED, EventLog
 
 LEASE_MS = 5000
@@ -67,6 +68,9 @@ class Run:
     cancel_seen: bool = False
     last_seq: int = 0  # the newest event id this run wrote or saw at its claim (for taking a lapsed lease back)
     watch: CancelWatch | None = None  # cancels pushed to this process; without it the flag is polled
+    keeper: LeaseKeeper | None = None  # refreshes the lease with the process's other runs; without it, one call each
+    lease_check_due: bool = False  # the keeper found the lease not ours: check it (take it back) from this thread
+    refresh_error: Exception | None = None  # the keeper's round trip failed: raised here, as our own call would
 
     def should_stop(self) -> bool:
         """Polled between chunks and while waiting: timeout, lost lease, or the cancel flag."""
@@ -74,7 +78,12 @@ class Run:
         if now >= self.deadline:
             self.stop_reason = "timed_out"
             return True
-        if now - self.last_refresh >= REFRESH_EVERY_S:  # no event extended the lease for a while: one round trip
+        if self.refresh_error is not None:
+            error, self.refresh_error = self.refresh_error, None
+            raise error
+        lease_due = now - self.last_refresh >= REFRESH_EVERY_S  # no event extended the lease for a while
+        if self.lease_check_due or (lease_due and self.keeper is None):  # one round trip of our own
+            self.lease_check_due = False
             self.last_refresh = self.last_cancel_check = now
             held, cancelled = self.events.reclaim_run_checking_cancel(self.execution_id, self.token, LEASE_MS,
                                                                       self.last_seq)
@@ -82,6 +91,9 @@ class Run:
             if not held:
                 self.stop_reason = "lost"
                 return True
+        elif lease_due and self.keeper is not None:  # asked from this thread: a hung run's lease still lapses
+            self.last_refresh = self.last_cancel_check = now
+            self.keeper.ask(self)
         elif not self.cancel_seen:
             heard = self.watch.cancelled(self.execution_id) if self.watch is not None else None
             if heard:
@@ -92,6 +104,17 @@ class Run:
             self.stop_reason = "cancelled"
             return True
         return False
+
+    def refreshed(self, held: bool, cancelled: bool) -> None:
+        """The keeper's answer (its thread): a cancel is seen at the next poll; a lease not ours is checked there."""
+        if cancelled:
+            self.cancel_seen = True
+        if not held:
+            self.lease_check_due = True
+
+    def refresh_failed(self, error: Exception) -> None:
+        """The keeper's round trip failed (its thread): the next poll raises it."""
+        self.refresh_error = error
 
     def _check_cancel(self, now: float) -> bool:
         self.last_cancel_check = now

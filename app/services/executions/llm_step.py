@@ -36,7 +36,8 @@ from app.services.admission.retry import decide_retry
 from app.services.cancel_watch import cancel_watch
 from app.services.executions import llm_config, state
 from app.services.executions.events import event_log
-from app.services.executions.llm_run import LlmSettings, Lost, Run, claim
+from app.services.executions.lease_keeper import lease_keeper
+from app.services.executions.llm_run import LEASE_MS, LlmSettings, Lost, Run, claim
 from app.services.executions.step_support import ACTOR, is_infrastructure_error, skipped, step_record
 from app.services.tools import turns
 from app.timeutil import as_utc, iso, utcnow
@@ -117,7 +118,8 @@ def run(previous: dict[str, Any]) -> dict[str, Any]:
     started_at = as_utc(execution.started_at)
     remaining = (started_at + timedelta(seconds=execution.timeout_s) - utcnow()).total_seconds()
     llm_run = Run(execution_id, token, events, deadline=time.monotonic() + remaining, last_refresh=time.monotonic(),
-                  last_seq=seen, watch=cancel_watch(current_app.config["REDIS_URL"]))
+                  last_seq=seen, watch=cancel_watch(current_app.config["REDIS_URL"]),
+                  keeper=lease_keeper(events, LEASE_MS))
     step_started = iso(utcnow())
     try:
         if execution.attempts == 1:
